@@ -1,0 +1,17 @@
+// The one list of built-in component types. Adding a type means adding its line here.
+#include "agent/registry.h"
+#include "channels/memory/memory_channel.h"
+#include "sinks/null/null_sink.h"
+#include "sinks/stdout/stdout_sink.h"
+#include "sources/exec/exec_source.h"
+
+namespace sluice {
+
+void registerBuiltins(Registry& registry) {
+  registerExecSource(registry);
+  registerMemoryChannel(registry);
+  registerStdoutSink(registry);
+  registerNullSink(registry);
+}
+
+}  // namespace sluice

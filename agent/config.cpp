@@ -1,0 +1,417 @@
+#include "agent/config.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace sluice {
+
+const OptionTable<AgentSettings>& agentTable() {
+  static const OptionTable<AgentSettings> table = [] {
+    OptionTable<AgentSettings> t;
+    t.string("name", &AgentSettings::name, "",
+             "Name of this agent, reported in metrics and logs; empty means the host name.");
+    t.string("data_dir", &AgentSettings::data_dir, "/var/lib/sluice",
+             "Directory for durable state (file channels, positions).");
+    t.string("status", &AgentSettings::status, "",
+             "host:port of the status server (/metrics, /metrics.json, /health); a bare :port "
+             "listens on 127.0.0.1; empty turns it off.");
+    t.duration("drain_timeout", &AgentSettings::drain_timeout, "30s", Millis(0), Millis(86'400'000),
+               "On SIGTERM, how long sinks may keep draining channels before the agent exits.");
+    t.duration("watchdog_interval", &AgentSettings::watchdog_interval, "0", Millis(0),
+               Millis(3'600'000),
+               "Interval of systemd watchdog pings; 0 means half of systemd's WatchdogSec.");
+    return t;
+  }();
+  return table;
+}
+
+const OptionTable<SourceCommon>& sourceCommonTable() {
+  static const OptionTable<SourceCommon> table = [] {
+    OptionTable<SourceCommon> t;
+    t.requiredString("type", &SourceCommon::type, "Source type.");
+    t.list("channels", &SourceCommon::channels, true,
+           "Channels every event of this source is put into (all or none).");
+    return t;
+  }();
+  return table;
+}
+
+const OptionTable<ChannelCommon>& channelCommonTable() {
+  static const OptionTable<ChannelCommon> table = [] {
+    OptionTable<ChannelCommon> t;
+    t.requiredString("type", &ChannelCommon::type, "Channel type.");
+    return t;
+  }();
+  return table;
+}
+
+const OptionTable<SinkCommon>& sinkCommonTable() {
+  static const OptionTable<SinkCommon> table = [] {
+    OptionTable<SinkCommon> t;
+    t.requiredString("type", &SinkCommon::type, "Sink type.");
+    t.requiredString("channel", &SinkCommon::channel, "The channel this sink drains.");
+    t.integer("batch_size", &SinkCommon::batch_size, 1000, 1, 1'000'000,
+              "Most events taken from the channel per delivery.");
+    t.size("batch_max_bytes", &SinkCommon::batch_max_bytes, "4MiB", 1, 1ull << 30,
+           "Most bytes taken per delivery (a single larger event is still taken alone).");
+    t.duration("backoff_min", &SinkCommon::backoff_min, "100ms", Millis(1), Millis(3'600'000),
+               "First wait after a failed delivery; doubles per consecutive failure.");
+    t.duration("backoff_max", &SinkCommon::backoff_max, "30s", Millis(1), Millis(86'400'000),
+               "Longest wait between delivery attempts.");
+    return t;
+  }();
+  return table;
+}
+
+const OptionTable<GroupCommon>& groupTable() {
+  static const OptionTable<GroupCommon> table = [] {
+    OptionTable<GroupCommon> t;
+    t.choice("processor", &GroupCommon::processor, {"failover", "load_balance"}, "failover",
+             "failover: the first live sink in list order gets every batch; load_balance: live "
+             "sinks take turns (round robin).");
+    t.list("sinks", &GroupCommon::sinks, true,
+           "Sinks of the group, in priority order; all must drain the same channel.");
+    t.duration("penalty_min", &GroupCommon::penalty_min, "1s", Millis(1), Millis(3'600'000),
+               "How long a failing sink is first set aside; doubles per consecutive failure.");
+    t.duration("penalty_max", &GroupCommon::penalty_max, "30s", Millis(1), Millis(86'400'000),
+               "Longest time a failing sink is set aside.");
+    return t;
+  }();
+  return table;
+}
+
+const ChannelSpec* Config::channel(const std::string& name) const {
+  for (const auto& c : channels) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
+const SinkSpec* Config::sink(const std::string& name) const {
+  for (const auto& s : sinks) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+
+EnvLookup processEnv() {
+  return [](const std::string& name) -> std::optional<std::string> {
+    const char* v = std::getenv(name.c_str());
+    if (!v) return std::nullopt;
+    return std::string(v);
+  };
+}
+
+std::vector<std::string> findCycle(const std::vector<std::pair<std::string, std::string>>& edges) {
+  std::map<std::string, std::vector<std::string>> out;
+  for (const auto& [from, to] : edges) {
+    out[from].push_back(to);
+    out[to];
+  }
+  enum { White, Grey, Black };
+  std::map<std::string, int> color;
+  std::vector<std::string> stack;
+  std::vector<std::string> cycle;
+  std::function<bool(const std::string&)> visit = [&](const std::string& n) {
+    color[n] = Grey;
+    stack.push_back(n);
+    for (const auto& next : out[n]) {
+      if (color[next] == Grey) {
+        auto it = std::find(stack.begin(), stack.end(), next);
+        cycle.assign(it, stack.end());
+        cycle.push_back(next);
+        return true;
+      }
+      if (color[next] == White && visit(next)) return true;
+    }
+    stack.pop_back();
+    color[n] = Black;
+    return false;
+  };
+  for (const auto& [n, _] : out) {
+    if (color[n] == White && visit(n)) return cycle;
+  }
+  return {};
+}
+
+namespace {
+
+template <class T>
+std::vector<std::string> joinKeys(const std::vector<std::string>& a, const OptionTable<T>& t) {
+  auto out = a;
+  for (const auto& k : t.keys()) out.push_back(k);
+  return out;
+}
+
+bool validName(const std::string& name) {
+  if (name.empty() || name.size() > 128) return false;
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Parses one component: its shared keys through `common`, its own through its type's table.
+template <class Spec, class Common>
+std::optional<Spec> parseComponent(Kind kind, const std::string& section, const YAML::Node& key,
+                                   const YAML::Node& body, const OptionTable<Common>& common,
+                                   const Registry& registry, ConfigReader& reader) {
+  Spec spec;
+  spec.name = key.Scalar();
+  spec.where = locationOf(key);
+  std::string path = section + "." + spec.name;
+  if (!validName(spec.name)) {
+    reader.diag().error(spec.where, path,
+                        "component names use letters, digits, '_', '-' and '.' only");
+  }
+  if (!body.IsMap()) {
+    reader.diag().error(locationOf(body), path, "expected a mapping with at least 'type'");
+    return std::nullopt;
+  }
+  common.fill(body, spec.common, reader, path);
+  if (spec.common.type.empty()) return std::nullopt;
+  spec.type = registry.find(kind, spec.common.type);
+  if (!spec.type) {
+    auto names = registry.names(kind);
+    std::string msg = "unknown " + std::string(kindName(kind)) + " type '" + spec.common.type + "'";
+    auto near = nearest(spec.common.type, names);
+    if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+    std::string all;
+    for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+    msg += "; known types: " + all;
+    reader.diag().error(locationOf(body["type"]), path + ".type", msg);
+    checkKeys(body, common.keys(), reader, path);  // still report typos among shared keys
+    return std::nullopt;
+  }
+  std::vector<std::string> known = common.keys();
+  for (const auto& o : spec.type->options) known.push_back(o.key);
+  checkKeys(body, known, reader, path);
+  spec.config = spec.type->parse(body, reader, path);
+  return spec;
+}
+
+template <class Spec, class Common>
+void parseSection(Kind kind, const std::string& section, const YAML::Node& node,
+                  const OptionTable<Common>& common, const Registry& registry,
+                  ConfigReader& reader, std::vector<Spec>& out) {
+  if (!node.IsDefined() || node.IsNull()) return;
+  if (!node.IsMap()) {
+    reader.diag().error(locationOf(node), section, "expected a mapping of names to components");
+    return;
+  }
+  std::set<std::string> seen;
+  for (const auto& kv : node) {
+    if (!seen.insert(kv.first.Scalar()).second) {
+      reader.diag().error(locationOf(kv.first), section + "." + kv.first.Scalar(),
+                          "duplicate " + std::string(kindName(kind)) + " name");
+      continue;
+    }
+    auto spec = parseComponent<Spec>(kind, section, kv.first, kv.second, common, registry, reader);
+    if (spec) out.push_back(std::move(*spec));
+  }
+}
+
+void checkWiring(Config& cfg, Diagnostics& diag) {
+  std::set<std::string> channel_names;
+  for (const auto& c : cfg.channels) channel_names.insert(c.name);
+  std::vector<std::string> channel_list(channel_names.begin(), channel_names.end());
+  std::vector<std::pair<std::string, std::string>> edges;
+  std::set<std::string> written, read;
+
+  auto missingChannel = [&](Location where, const std::string& path, const std::string& name) {
+    std::string msg = "channel '" + name + "' is not defined in channels";
+    auto near = nearest(name, channel_list);
+    if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+    diag.error(where, path, msg);
+  };
+
+  for (const auto& s : cfg.sources) {
+    std::set<std::string> listed;
+    for (const auto& ch : s.common.channels) {
+      if (!channel_names.count(ch)) missingChannel(s.where, "sources." + s.name + ".channels", ch);
+      if (!listed.insert(ch).second) {
+        diag.error(s.where, "sources." + s.name + ".channels", "channel '" + ch + "' listed twice");
+      }
+      written.insert(ch);
+      edges.push_back({"source " + s.name, "channel " + ch});
+    }
+  }
+  std::map<std::string, std::string> sink_channel;
+  std::vector<std::string> sink_names;
+  for (const auto& s : cfg.sinks) {
+    sink_names.push_back(s.name);
+    sink_channel[s.name] = s.common.channel;
+    if (!channel_names.count(s.common.channel)) {
+      missingChannel(s.where, "sinks." + s.name + ".channel", s.common.channel);
+    }
+    read.insert(s.common.channel);
+    if (s.common.backoff_min > s.common.backoff_max) {
+      diag.error(s.where, "sinks." + s.name + ".backoff_min", "must not exceed backoff_max");
+    }
+  }
+  std::map<std::string, std::string> group_of_sink;
+  for (const auto& g : cfg.groups) {
+    std::string path = "sink_groups." + g.name;
+    std::string channel;
+    for (const auto& sink : g.common.sinks) {
+      if (!sink_channel.count(sink)) {
+        std::string msg = "sink '" + sink + "' is not defined in sinks";
+        auto near = nearest(sink, sink_names);
+        if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+        diag.error(g.where, path + ".sinks", msg);
+        continue;
+      }
+      if (group_of_sink.count(sink)) {
+        diag.error(g.where, path + ".sinks",
+                   "sink '" + sink + "' is already in group '" + group_of_sink[sink] +
+                       "'; a sink belongs to one group");
+        continue;
+      }
+      group_of_sink[sink] = g.name;
+      if (channel.empty()) {
+        channel = sink_channel[sink];
+      } else if (channel != sink_channel[sink]) {
+        diag.error(g.where, path + ".sinks",
+                   "all sinks of a group drain one channel: '" + sink + "' drains '" +
+                       sink_channel[sink] + "', others drain '" + channel + "'");
+      }
+      edges.push_back({"channel " + sink_channel[sink], "group " + g.name});
+      edges.push_back({"group " + g.name, "sink " + sink});
+    }
+    if (sink_channel.count(g.name) && !group_of_sink.count(g.name)) {
+      diag.error(g.where, path, "a group may not share its name with a sink outside it");
+    }
+    if (g.common.penalty_min > g.common.penalty_max) {
+      diag.error(g.where, path + ".penalty_min", "must not exceed penalty_max");
+    }
+  }
+  // A sink that no group lists is a group of one, named after the sink.
+  for (const auto& s : cfg.sinks) {
+    if (group_of_sink.count(s.name)) continue;
+    GroupSpec g;
+    g.name = s.name;
+    g.where = s.where;
+    g.implicit = true;
+    g.common.processor = "failover";
+    g.common.sinks = {s.name};
+    g.common.penalty_min = s.common.backoff_min;
+    g.common.penalty_max = s.common.backoff_max;
+    for (const auto& e : cfg.groups) {
+      if (e.name == s.name) {
+        diag.error(e.where, "sink_groups." + e.name, "a group may not share its name with a sink outside it");
+      }
+    }
+    edges.push_back({"channel " + s.common.channel, "group " + g.name});
+    edges.push_back({"group " + g.name, "sink " + s.name});
+    cfg.groups.push_back(std::move(g));
+  }
+  for (const auto& c : cfg.channels) {
+    if (!read.count(c.name)) {
+      diag.error(c.where, "channels." + c.name,
+                 "no sink drains this channel; its events would pile up until it is full");
+    } else if (!written.count(c.name)) {
+      diag.warning(c.where, "channels." + c.name, "no source writes to this channel");
+    }
+  }
+  auto cycle = findCycle(edges);
+  if (!cycle.empty()) {
+    std::string path;
+    for (const auto& n : cycle) path += (path.empty() ? "" : " -> ") + n;
+    diag.error({}, "", "the pipeline has a cycle: " + path);
+  }
+  if (cfg.sources.empty() && cfg.sinks.empty()) {
+    diag.warning({}, "", "the configuration defines no sources and no sinks; the agent idles");
+  }
+}
+
+}  // namespace
+
+std::optional<Config> loadConfigText(const std::string& text, const std::string& file,
+                                     const Registry& registry, Diagnostics& diag, EnvLookup env) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    Location where;
+    if (!e.mark.is_null()) where = {e.mark.line + 1, e.mark.column + 1};
+    diag.error(where, "", "YAML syntax: " + e.msg);
+    return std::nullopt;
+  }
+  ConfigReader reader(diag, std::move(env));
+  Config cfg;
+  cfg.file = file;
+  if (root.IsNull() || !root.IsDefined()) {
+    root = YAML::Node(YAML::NodeType::Map);
+  }
+  if (!checkKeys(root, {"agent", "sources", "channels", "sinks", "sink_groups"}, reader, "")) {
+    return std::nullopt;
+  }
+  YAML::Node agent = root["agent"];
+  if (agent.IsDefined() && !agent.IsNull()) {
+    if (checkKeys(agent, agentTable().keys(), reader, "agent")) {
+      agentTable().fill(agent, cfg.agent, reader, "agent");
+    }
+  } else {
+    agentTable().fill(YAML::Node(YAML::NodeType::Map), cfg.agent, reader, "agent");
+  }
+  if (cfg.agent.name.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    cfg.agent.name = host;
+  }
+
+  parseSection(Kind::Source, "sources", root["sources"], sourceCommonTable(), registry, reader,
+               cfg.sources);
+  parseSection(Kind::Channel, "channels", root["channels"], channelCommonTable(), registry, reader,
+               cfg.channels);
+  parseSection(Kind::Sink, "sinks", root["sinks"], sinkCommonTable(), registry, reader, cfg.sinks);
+
+  YAML::Node groups = root["sink_groups"];
+  if (groups.IsDefined() && !groups.IsNull()) {
+    if (!groups.IsMap()) {
+      diag.error(locationOf(groups), "sink_groups", "expected a mapping of names to groups");
+    } else {
+      for (const auto& kv : groups) {
+        GroupSpec g;
+        g.name = kv.first.Scalar();
+        g.where = locationOf(kv.first);
+        std::string path = "sink_groups." + g.name;
+        if (!validName(g.name)) {
+          diag.error(g.where, path, "group names use letters, digits, '_', '-' and '.' only");
+        }
+        if (checkKeys(kv.second, groupTable().keys(), reader, path)) {
+          groupTable().fill(kv.second, g.common, reader, path);
+          cfg.groups.push_back(std::move(g));
+        }
+      }
+    }
+  }
+  checkWiring(cfg, diag);
+  if (diag.hasErrors()) return std::nullopt;
+  return cfg;
+}
+
+std::optional<Config> loadConfigFile(const std::string& path, const Registry& registry,
+                                     Diagnostics& diag, EnvLookup env) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    diag.error({}, "", "cannot read the configuration file: " + std::string(std::strerror(errno)));
+    return std::nullopt;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return loadConfigText(ss.str(), path, registry, diag, std::move(env));
+}
+
+}  // namespace sluice

@@ -1,0 +1,64 @@
+#include "agent/diagnostics.h"
+
+#include <algorithm>
+
+namespace sluice {
+
+void Diagnostics::error(Location where, std::string path, std::string message) {
+  items_.push_back({Diagnostic::Severity::Error, where, std::move(path), std::move(message)});
+}
+
+void Diagnostics::warning(Location where, std::string path, std::string message) {
+  items_.push_back({Diagnostic::Severity::Warning, where, std::move(path), std::move(message)});
+}
+
+bool Diagnostics::hasErrors() const {
+  return std::any_of(items_.begin(), items_.end(), [](const Diagnostic& d) {
+    return d.severity == Diagnostic::Severity::Error;
+  });
+}
+
+std::string Diagnostics::format() const {
+  std::string out;
+  for (const auto& d : items_) {
+    out += file_.empty() ? "<config>" : file_;
+    if (d.where.line > 0) {
+      out += ":" + std::to_string(d.where.line) + ":" + std::to_string(d.where.column);
+    }
+    out += d.severity == Diagnostic::Severity::Error ? ": error: " : ": warning: ";
+    if (!d.path.empty()) out += d.path + ": ";
+    out += d.message + "\n";
+  }
+  return out;
+}
+
+size_t editDistance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t subst = prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, subst});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string nearest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_distance = SIZE_MAX;
+  for (const auto& c : candidates) {
+    size_t d = editDistance(word, c);
+    if (d < best_distance) {
+      best_distance = d;
+      best = c;
+    }
+  }
+  // A plausible typo: at most a third of the word wrong (and at least one edit allowed).
+  size_t limit = std::max<size_t>(2, word.size() / 3);
+  return best_distance <= limit ? best : std::string();
+}
+
+}  // namespace sluice

@@ -1,0 +1,43 @@
+#pragma once
+// Configuration diagnostics: every problem with file:line:column and the key path, collected
+// so that one run of `sluice check` shows all of them.
+
+#include <string>
+#include <vector>
+
+namespace sluice {
+
+struct Location {
+  int line = 0;    // 1-based; 0 when unknown
+  int column = 0;  // 1-based
+};
+
+struct Diagnostic {
+  enum class Severity { Error, Warning } severity = Severity::Error;
+  Location where;
+  std::string path;  // sinks.kafka.batch_size
+  std::string message;
+};
+
+class Diagnostics {
+ public:
+  explicit Diagnostics(std::string file = {}) : file_(std::move(file)) {}
+  void error(Location where, std::string path, std::string message);
+  void warning(Location where, std::string path, std::string message);
+  bool hasErrors() const;
+  const std::vector<Diagnostic>& all() const { return items_; }
+  // One line per diagnostic: "file:line:col: error: path: message".
+  std::string format() const;
+  const std::string& file() const { return file_; }
+
+ private:
+  std::string file_;
+  std::vector<Diagnostic> items_;
+};
+
+// Edit distance, for did-you-mean suggestions.
+size_t editDistance(const std::string& a, const std::string& b);
+// The candidate nearest to `word`, or "" when none is near enough to be a plausible typo.
+std::string nearest(const std::string& word, const std::vector<std::string>& candidates);
+
+}  // namespace sluice

@@ -1,0 +1,266 @@
+#pragma once
+// Option tables: one per component type, one row per key (name, type, default, bounds, help).
+// The table fills the component's typed config from YAML, rejects what it does not know, and
+// describes itself for `sluice schema` and docs/CONFIGURATION.md. There is no other list of
+// options anywhere.
+
+#include <yaml-cpp/yaml.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/diagnostics.h"
+
+namespace sluice {
+
+using Millis = std::chrono::milliseconds;
+
+// Pure value parsers; on failure they return nullopt and set `error`.
+// Sizes: 512, 64KiB, 64MiB, 8GiB, 1TiB (binary), 64KB, 64MB (decimal), 64k/m/g (binary).
+std::optional<uint64_t> parseSize(const std::string& text, std::string& error);
+// Durations: 250ms, 30s, 5m, 1h, 1d; a bare 0 means zero.
+std::optional<Millis> parseDuration(const std::string& text, std::string& error);
+std::string formatSize(uint64_t bytes);
+std::string formatDuration(Millis d);
+// Expands ${VAR} and ${VAR:-default} from `lookup`; $$ is a literal $. Unset without a default
+// is an error.
+std::optional<std::string> expandEnv(const std::string& text,
+                                     const std::function<std::optional<std::string>(const std::string&)>& lookup,
+                                     std::string& error);
+
+Location locationOf(const YAML::Node& node);
+
+// Reads scalars with environment expansion and reports problems to diagnostics.
+class ConfigReader {
+ public:
+  using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+  ConfigReader(Diagnostics& diag, EnvLookup env) : diag_(diag), env_(std::move(env)) {}
+
+  std::optional<std::string> scalar(const YAML::Node& node, const std::string& path);
+  std::optional<std::vector<std::string>> stringList(const YAML::Node& node,
+                                                     const std::string& path);
+  Diagnostics& diag() { return diag_; }
+
+ private:
+  Diagnostics& diag_;
+  EnvLookup env_;
+};
+
+struct OptionInfo {
+  std::string key;
+  std::string type;  // string, bool, integer, size, duration, choice, list
+  std::string default_text;
+  std::string help;
+  bool required = false;
+  std::vector<std::string> choices;
+  std::string bounds;  // "1..1000000", for the schema
+};
+
+inline OptionInfo makeInfo(std::string key, std::string type, std::string def, std::string help) {
+  OptionInfo info;
+  info.key = std::move(key);
+  info.type = std::move(type);
+  info.default_text = std::move(def);
+  info.help = std::move(help);
+  return info;
+}
+
+template <class Cfg>
+class OptionTable {
+ public:
+  OptionTable& string(std::string key, std::string Cfg::*member, std::string def, std::string help) {
+    return add(makeInfo(key, "string", def, help), [member, def](Cfg& c) { c.*member = def; },
+               [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+                 if (auto v = r.scalar(n, path)) c.*member = *v;
+               });
+  }
+  OptionTable& requiredString(std::string key, std::string Cfg::*member, std::string help) {
+    OptionInfo info = makeInfo(key, "string", "", help);
+    info.required = true;
+    return add(info, [](Cfg&) {},
+               [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+                 if (auto v = r.scalar(n, path)) {
+                   if (v->empty()) {
+                     r.diag().error(locationOf(n), path, "must not be empty");
+                   }
+                   c.*member = *v;
+                 }
+               });
+  }
+  OptionTable& boolean(std::string key, bool Cfg::*member, bool def, std::string help) {
+    return add(makeInfo(key, "bool", def ? "true" : "false", help), [member, def](Cfg& c) { c.*member = def; },
+               [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+                 auto v = r.scalar(n, path);
+                 if (!v) return;
+                 if (*v == "true" || *v == "yes" || *v == "on") {
+                   c.*member = true;
+                 } else if (*v == "false" || *v == "no" || *v == "off") {
+                   c.*member = false;
+                 } else {
+                   r.diag().error(locationOf(n), path, "expected true or false, got '" + *v + "'");
+                 }
+               });
+  }
+  OptionTable& integer(std::string key, uint64_t Cfg::*member, uint64_t def, uint64_t min,
+                       uint64_t max, std::string help) {
+    OptionInfo info = makeInfo(key, "integer", std::to_string(def), help);
+    info.bounds = std::to_string(min) + ".." + std::to_string(max);
+    return add(info, [member, def](Cfg& c) { c.*member = def; },
+               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+                 auto v = r.scalar(n, path);
+                 if (!v) return;
+                 uint64_t value = 0;
+                 if (!parseUnsigned(*v, value)) {
+                   r.diag().error(locationOf(n), path, "expected a whole number, got '" + *v + "'");
+                 } else if (value < min || value > max) {
+                   r.diag().error(locationOf(n), path,
+                                  "must be between " + std::to_string(min) + " and " +
+                                      std::to_string(max) + ", got " + *v);
+                 } else {
+                   c.*member = value;
+                 }
+               });
+  }
+  OptionTable& size(std::string key, uint64_t Cfg::*member, std::string def, uint64_t min,
+                    uint64_t max, std::string help) {
+    OptionInfo info = makeInfo(key, "size", def, help);
+    info.bounds = formatSize(min) + ".." + formatSize(max);
+    std::string ignored;
+    uint64_t def_value = parseSize(def, ignored).value_or(0);
+    return add(info, [member, def_value](Cfg& c) { c.*member = def_value; },
+               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+                 auto v = r.scalar(n, path);
+                 if (!v) return;
+                 std::string error;
+                 auto value = parseSize(*v, error);
+                 if (!value) {
+                   r.diag().error(locationOf(n), path, error);
+                 } else if (*value < min || *value > max) {
+                   r.diag().error(locationOf(n), path,
+                                  "must be between " + formatSize(min) + " and " + formatSize(max) +
+                                      ", got " + *v);
+                 } else {
+                   c.*member = *value;
+                 }
+               });
+  }
+  OptionTable& duration(std::string key, Millis Cfg::*member, std::string def, Millis min, Millis max,
+                        std::string help) {
+    OptionInfo info = makeInfo(key, "duration", def, help);
+    info.bounds = formatDuration(min) + ".." + formatDuration(max);
+    std::string ignored;
+    Millis def_value = parseDuration(def, ignored).value_or(Millis(0));
+    return add(info, [member, def_value](Cfg& c) { c.*member = def_value; },
+               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+                 auto v = r.scalar(n, path);
+                 if (!v) return;
+                 std::string error;
+                 auto value = parseDuration(*v, error);
+                 if (!value) {
+                   r.diag().error(locationOf(n), path, error);
+                 } else if (*value < min || *value > max) {
+                   r.diag().error(locationOf(n), path,
+                                  "must be between " + formatDuration(min) + " and " +
+                                      formatDuration(max) + ", got " + *v);
+                 } else {
+                   c.*member = *value;
+                 }
+               });
+  }
+  OptionTable& choice(std::string key, std::string Cfg::*member, std::vector<std::string> choices,
+                      std::string def, std::string help) {
+    OptionInfo info = makeInfo(key, "choice", def, help);
+    info.choices = choices;
+    return add(info, [member, def](Cfg& c) { c.*member = def; },
+               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+                 auto v = r.scalar(n, path);
+                 if (!v) return;
+                 for (const auto& ch : choices) {
+                   if (ch == *v) {
+                     c.*member = *v;
+                     return;
+                   }
+                 }
+                 std::string msg = "'" + *v + "' is not one of " + joinChoices(choices);
+                 auto near = nearest(*v, choices);
+                 if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+                 r.diag().error(locationOf(n), path, msg);
+               });
+  }
+  OptionTable& list(std::string key, std::vector<std::string> Cfg::*member, bool required,
+                    std::string help) {
+    OptionInfo info = makeInfo(key, "list", required ? "" : "[]", help);
+    info.required = required;
+    return add(info, [member](Cfg& c) { (c.*member).clear(); },
+               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+                 if (auto v = r.stringList(n, path)) {
+                   if (required && v->empty()) {
+                     r.diag().error(locationOf(n), path, "must list at least one entry");
+                   }
+                   c.*member = *v;
+                 }
+               });
+  }
+
+  const std::vector<OptionInfo>& describe() const { return infos_; }
+  std::vector<std::string> keys() const {
+    std::vector<std::string> out;
+    for (const auto& i : infos_) out.push_back(i.key);
+    return out;
+  }
+
+  // Sets every default, then fills the keys of `map` that this table knows. Unknown keys are
+  // left to the caller (several tables may share one map); see checkKeys.
+  void fill(const YAML::Node& map, Cfg& cfg, ConfigReader& reader, const std::string& path) const {
+    for (size_t i = 0; i < rows_.size(); ++i) {
+      rows_[i].set_default(cfg);
+      const auto& key = infos_[i].key;
+      YAML::Node value = map.IsMap() ? map[key] : YAML::Node();
+      if (value.IsDefined() && !value.IsNull()) {
+        rows_[i].parse(value, cfg, reader, path + "." + key);
+      } else if (infos_[i].required) {
+        reader.diag().error(locationOf(map), path, "missing required key '" + key + "'");
+      }
+    }
+  }
+
+ private:
+  struct Row {
+    std::function<void(Cfg&)> set_default;
+    std::function<void(const YAML::Node&, Cfg&, ConfigReader&, const std::string&)> parse;
+  };
+  OptionTable& add(OptionInfo info, std::function<void(Cfg&)> set_default,
+                   std::function<void(const YAML::Node&, Cfg&, ConfigReader&, const std::string&)> parse) {
+    infos_.push_back(std::move(info));
+    rows_.push_back({std::move(set_default), std::move(parse)});
+    return *this;
+  }
+  static bool parseUnsigned(const std::string& s, uint64_t& out) {
+    if (s.empty() || s.size() > 19) return false;
+    out = 0;
+    for (char ch : s) {
+      if (ch < '0' || ch > '9') return false;
+      out = out * 10 + static_cast<uint64_t>(ch - '0');
+    }
+    return true;
+  }
+  static std::string joinChoices(const std::vector<std::string>& v) {
+    std::string out;
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + v[i];
+    return out;
+  }
+
+  std::vector<OptionInfo> infos_;
+  std::vector<Row> rows_;
+};
+
+// Reports every key of `map` that is not in `known`, with a did-you-mean; also reports a
+// `map` that is not a mapping at all. Returns false when `map` is not a mapping.
+bool checkKeys(const YAML::Node& map, const std::vector<std::string>& known, ConfigReader& reader,
+               const std::string& path);
+
+}  // namespace sluice

@@ -1,0 +1,50 @@
+#pragma once
+// The source contract.
+//
+// A source reads from the outside world on the loop thread and offers batches to its context.
+// The context runs the interceptors, picks the channels and puts the batch into all required
+// channels or none. When the channels are full the offer is refused and the source must stop
+// producing (stop reading its pipe or socket, stop reading files) until resume() is called:
+// that is how backpressure reaches the outside world.
+//
+// Lifecycle, all on the loop thread: construct -> start(ctx) -> [offer/resume]* -> stop(done).
+// stop() may finish asynchronously (a child process to reap, a socket to close); it offers what
+// it has read so far once more, then calls done exactly once. The context outlives the source.
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <uv.h>
+
+#include "agent/event.h"
+#include "agent/metrics.h"
+
+namespace sluice {
+
+enum class OfferResult {
+  Accepted,  // the batch went into every required channel; it has been cleared for reuse
+  Full,      // no room: nothing was put, the batch is untouched, resume() will follow
+};
+
+class SourceContext {
+ public:
+  virtual ~SourceContext() = default;
+  virtual uv_loop_t* loop() = 0;
+  virtual OfferResult offer(Batch& batch) = 0;
+  // The source's metric set; the context already counts EventReceivedCount/EventAcceptedCount.
+  virtual MetricSet& metrics() = 0;
+  virtual const std::string& name() const = 0;
+};
+
+class Source {
+ public:
+  virtual ~Source() = default;
+  virtual void start(SourceContext& ctx) = 0;
+  // Room is available again after an offer returned Full.
+  virtual void resume() = 0;
+  virtual void stop(std::function<void()> done) = 0;
+};
+
+using SourcePtr = std::unique_ptr<Source>;
+
+}  // namespace sluice
