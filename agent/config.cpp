@@ -180,6 +180,8 @@ std::optional<Spec> parseComponent(Kind kind, const std::string& section, const 
     return std::nullopt;
   }
   common.fill(body, spec.common, reader, path);
+  // YAML reads `type: null` as a null value, not the word; the null sink is spelled that way.
+  if (body["type"].IsDefined() && body["type"].IsNull()) spec.common.type = "null";
   if (spec.common.type.empty()) return std::nullopt;
   spec.type = registry.find(kind, spec.common.type);
   if (!spec.type) {
@@ -203,8 +205,8 @@ std::optional<Spec> parseComponent(Kind kind, const std::string& section, const 
 
 template <class Spec, class Common>
 void parseSection(Kind kind, const std::string& section, const YAML::Node& node,
-                  const OptionTable<Common>& common, const Registry& registry,
-                  ConfigReader& reader, std::vector<Spec>& out) {
+                  const OptionTable<Common>& common, const Registry& registry, ConfigReader& reader,
+                  std::vector<Spec>& out) {
   if (!node.IsDefined() || node.IsNull()) return;
   if (!node.IsMap()) {
     reader.diag().error(locationOf(node), section, "expected a mapping of names to components");
@@ -309,7 +311,8 @@ void checkWiring(Config& cfg, Diagnostics& diag) {
     g.common.penalty_max = s.common.backoff_max;
     for (const auto& e : cfg.groups) {
       if (e.name == s.name) {
-        diag.error(e.where, "sink_groups." + e.name, "a group may not share its name with a sink outside it");
+        diag.error(e.where, "sink_groups." + e.name,
+                   "a group may not share its name with a sink outside it");
       }
     }
     edges.push_back({"channel " + s.common.channel, "group " + g.name});

@@ -13,9 +13,8 @@ void Diagnostics::warning(Location where, std::string path, std::string message)
 }
 
 bool Diagnostics::hasErrors() const {
-  return std::any_of(items_.begin(), items_.end(), [](const Diagnostic& d) {
-    return d.severity == Diagnostic::Severity::Error;
-  });
+  return std::any_of(items_.begin(), items_.end(),
+                     [](const Diagnostic& d) { return d.severity == Diagnostic::Severity::Error; });
 }
 
 std::string Diagnostics::format() const {
@@ -56,9 +55,16 @@ std::string nearest(const std::string& word, const std::vector<std::string>& can
       best = c;
     }
   }
-  // A plausible typo: at most a third of the word wrong (and at least one edit allowed).
+  // A plausible typo: at most a third of the word wrong (and at least two edits allowed).
   size_t limit = std::max<size_t>(2, word.size() / 3);
-  return best_distance <= limit ? best : std::string();
+  if (best_distance <= limit) return best;
+  // An abbreviation: "trunc" for "truncate".
+  if (word.size() >= 3) {
+    for (const auto& c : candidates) {
+      if (c.compare(0, word.size(), word) == 0) return c;
+    }
+  }
+  return std::string();
 }
 
 }  // namespace sluice

@@ -54,7 +54,9 @@ class Batch {
   void setHeader(uint32_t event, std::string_view key, std::string_view value);
   // Removes a header; returns whether it was present.
   bool removeHeader(uint32_t event, std::string_view key);
-  void setTimestamp(uint32_t event, int64_t timestamp_ns) { events_[event].timestamp_ns = timestamp_ns; }
+  void setTimestamp(uint32_t event, int64_t timestamp_ns) {
+    events_[event].timestamp_ns = timestamp_ns;
+  }
 
   EventView operator[](size_t i) const { return EventView(this, static_cast<uint32_t>(i)); }
   void clear();

@@ -14,14 +14,17 @@ Counter& MetricSet::counter(const std::string& flume_name) {
   return *slot;
 }
 
-void MetricSet::gauge(const std::string& flume_name, std::function<double()> fn) {
+void MetricSet::gauge(const std::string& flume_name, std::function<double()> fn,
+                      const void* owner) {
   std::lock_guard lock(mutex_);
-  gauges_[flume_name] = std::move(fn);
+  gauges_[flume_name] = {std::move(fn), owner};
 }
 
-void MetricSet::clearGauges() {
+void MetricSet::clearGauges(const void* owner) {
   std::lock_guard lock(mutex_);
-  gauges_.clear();
+  for (auto it = gauges_.begin(); it != gauges_.end();) {
+    it = it->second.owner == owner ? gauges_.erase(it) : std::next(it);
+  }
 }
 
 std::vector<MetricSet::Sample> MetricSet::samples() const {
@@ -30,7 +33,7 @@ std::vector<MetricSet::Sample> MetricSet::samples() const {
   for (const auto& [name, c] : counters_) {
     out.push_back({name, static_cast<double>(c->value()), true});
   }
-  for (const auto& [name, fn] : gauges_) out.push_back({name, fn(), false});
+  for (const auto& [name, g] : gauges_) out.push_back({name, g.fn(), false});
   return out;
 }
 

@@ -38,10 +38,12 @@ class MetricSet {
   // Returns the counter of that Flume-style name, creating it at zero. References stay valid for
   // the life of the set. Call at component construction, not on the hot path.
   Counter& counter(const std::string& flume_name);
-  // Registers (or replaces) a gauge. The function runs on the loop thread.
-  void gauge(const std::string& flume_name, std::function<double()> fn);
-  // Drops every gauge; a component calls this before it dies so no gauge points at it.
-  void clearGauges();
+  // Registers (or replaces) a gauge owned by `owner`. The function runs on the loop thread.
+  void gauge(const std::string& flume_name, std::function<double()> fn,
+             const void* owner = nullptr);
+  // Drops the gauges `owner` registered; a component calls this before it dies so no gauge
+  // points at it. Gauges another owner registered since (a replacement after a reload) stay.
+  void clearGauges(const void* owner = nullptr);
 
   struct Sample {
     std::string name;
@@ -54,7 +56,11 @@ class MetricSet {
   std::string kind_, name_;
   mutable std::mutex mutex_;
   std::map<std::string, std::unique_ptr<Counter>> counters_;
-  std::map<std::string, std::function<double()>> gauges_;
+  struct Gauge {
+    std::function<double()> fn;
+    const void* owner;
+  };
+  std::map<std::string, Gauge> gauges_;
 };
 
 using MetricSetPtr = std::shared_ptr<MetricSet>;

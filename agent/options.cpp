@@ -38,11 +38,22 @@ std::optional<uint64_t> parseSize(const std::string& text, std::string& error) {
     uint64_t factor;
   };
   static const Unit units[] = {
-      {"", 1},           {"B", 1},
-      {"k", 1ull << 10}, {"K", 1ull << 10},  {"KiB", 1ull << 10}, {"KB", 1000},
-      {"m", 1ull << 20}, {"M", 1ull << 20},  {"MiB", 1ull << 20}, {"MB", 1000000},
-      {"g", 1ull << 30}, {"G", 1ull << 30},  {"GiB", 1ull << 30}, {"GB", 1000000000},
-      {"TiB", 1ull << 40}, {"TB", 1000000000000ull},
+      {"", 1},
+      {"B", 1},
+      {"k", 1ull << 10},
+      {"K", 1ull << 10},
+      {"KiB", 1ull << 10},
+      {"KB", 1000},
+      {"m", 1ull << 20},
+      {"M", 1ull << 20},
+      {"MiB", 1ull << 20},
+      {"MB", 1000000},
+      {"g", 1ull << 30},
+      {"G", 1ull << 30},
+      {"GiB", 1ull << 30},
+      {"GB", 1000000000},
+      {"TiB", 1ull << 40},
+      {"TB", 1000000000000ull},
   };
   for (const auto& u : units) {
     if (unit == u.name) {
@@ -53,7 +64,8 @@ std::optional<uint64_t> parseSize(const std::string& text, std::string& error) {
       return n * u.factor;
     }
   }
-  error = "unknown size unit '" + unit + "' in '" + text + "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB)";
+  error =
+      "unknown size unit '" + unit + "' in '" + text + "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB)";
   return std::nullopt;
 }
 
@@ -65,16 +77,22 @@ std::optional<Millis> parseDuration(const std::string& text, std::string& error)
     return std::nullopt;
   }
   uint64_t factor = 0;
-  if (unit == "ms") factor = 1;
-  else if (unit == "s") factor = 1000;
-  else if (unit == "m" || unit == "min") factor = 60'000;
-  else if (unit == "h") factor = 3'600'000;
-  else if (unit == "d") factor = 86'400'000;
-  else if (unit.empty() && n == 0) factor = 1;
+  if (unit == "ms")
+    factor = 1;
+  else if (unit == "s")
+    factor = 1000;
+  else if (unit == "m" || unit == "min")
+    factor = 60'000;
+  else if (unit == "h")
+    factor = 3'600'000;
+  else if (unit == "d")
+    factor = 86'400'000;
+  else if (unit.empty() && n == 0)
+    factor = 1;
   if (factor == 0) {
-    error = unit.empty() ? "duration '" + text + "' needs a unit (ms, s, m, h, d), such as '" +
-                               text + "s'"
-                         : "unknown duration unit '" + unit + "' in '" + text + "' (use ms, s, m, h, d)";
+    error = unit.empty()
+                ? "duration '" + text + "' needs a unit (ms, s, m, h, d), such as '" + text + "s'"
+                : "unknown duration unit '" + unit + "' in '" + text + "' (use ms, s, m, h, d)";
     return std::nullopt;
   }
   if (n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / factor) {
@@ -168,8 +186,8 @@ std::optional<std::string> ConfigReader::scalar(const YAML::Node& node, const st
   if (!node.IsScalar()) {
     diag_.error(locationOf(node), path,
                 node.IsSequence() ? "expected a single value, got a list"
-                                  : node.IsMap() ? "expected a single value, got a mapping"
-                                                 : "expected a value");
+                : node.IsMap()    ? "expected a single value, got a mapping"
+                                  : "expected a value");
     return std::nullopt;
   }
   std::string error;

@@ -28,9 +28,10 @@ std::string formatSize(uint64_t bytes);
 std::string formatDuration(Millis d);
 // Expands ${VAR} and ${VAR:-default} from `lookup`; $$ is a literal $. Unset without a default
 // is an error.
-std::optional<std::string> expandEnv(const std::string& text,
-                                     const std::function<std::optional<std::string>(const std::string&)>& lookup,
-                                     std::string& error);
+std::optional<std::string> expandEnv(
+    const std::string& text,
+    const std::function<std::optional<std::string>(const std::string&)>& lookup,
+    std::string& error);
 
 Location locationOf(const YAML::Node& node);
 
@@ -72,58 +73,64 @@ inline OptionInfo makeInfo(std::string key, std::string type, std::string def, s
 template <class Cfg>
 class OptionTable {
  public:
-  OptionTable& string(std::string key, std::string Cfg::*member, std::string def, std::string help) {
-    return add(makeInfo(key, "string", def, help), [member, def](Cfg& c) { c.*member = def; },
-               [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
-                 if (auto v = r.scalar(n, path)) c.*member = *v;
-               });
+  OptionTable& string(std::string key, std::string Cfg::*member, std::string def,
+                      std::string help) {
+    return add(
+        makeInfo(key, "string", def, help), [member, def](Cfg& c) { c.*member = def; },
+        [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          if (auto v = r.scalar(n, path)) c.*member = *v;
+        });
   }
   OptionTable& requiredString(std::string key, std::string Cfg::*member, std::string help) {
     OptionInfo info = makeInfo(key, "string", "", help);
     info.required = true;
-    return add(info, [](Cfg&) {},
-               [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
-                 if (auto v = r.scalar(n, path)) {
-                   if (v->empty()) {
-                     r.diag().error(locationOf(n), path, "must not be empty");
-                   }
-                   c.*member = *v;
-                 }
-               });
+    return add(
+        info, [](Cfg&) {},
+        [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          if (auto v = r.scalar(n, path)) {
+            if (v->empty()) {
+              r.diag().error(locationOf(n), path, "must not be empty");
+            }
+            c.*member = *v;
+          }
+        });
   }
   OptionTable& boolean(std::string key, bool Cfg::*member, bool def, std::string help) {
-    return add(makeInfo(key, "bool", def ? "true" : "false", help), [member, def](Cfg& c) { c.*member = def; },
-               [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
-                 auto v = r.scalar(n, path);
-                 if (!v) return;
-                 if (*v == "true" || *v == "yes" || *v == "on") {
-                   c.*member = true;
-                 } else if (*v == "false" || *v == "no" || *v == "off") {
-                   c.*member = false;
-                 } else {
-                   r.diag().error(locationOf(n), path, "expected true or false, got '" + *v + "'");
-                 }
-               });
+    return add(
+        makeInfo(key, "bool", def ? "true" : "false", help),
+        [member, def](Cfg& c) { c.*member = def; },
+        [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          auto v = r.scalar(n, path);
+          if (!v) return;
+          if (*v == "true" || *v == "yes" || *v == "on") {
+            c.*member = true;
+          } else if (*v == "false" || *v == "no" || *v == "off") {
+            c.*member = false;
+          } else {
+            r.diag().error(locationOf(n), path, "expected true or false, got '" + *v + "'");
+          }
+        });
   }
   OptionTable& integer(std::string key, uint64_t Cfg::*member, uint64_t def, uint64_t min,
                        uint64_t max, std::string help) {
     OptionInfo info = makeInfo(key, "integer", std::to_string(def), help);
     info.bounds = std::to_string(min) + ".." + std::to_string(max);
-    return add(info, [member, def](Cfg& c) { c.*member = def; },
-               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
-                 auto v = r.scalar(n, path);
-                 if (!v) return;
-                 uint64_t value = 0;
-                 if (!parseUnsigned(*v, value)) {
-                   r.diag().error(locationOf(n), path, "expected a whole number, got '" + *v + "'");
-                 } else if (value < min || value > max) {
-                   r.diag().error(locationOf(n), path,
-                                  "must be between " + std::to_string(min) + " and " +
-                                      std::to_string(max) + ", got " + *v);
-                 } else {
-                   c.*member = value;
-                 }
-               });
+    return add(
+        info, [member, def](Cfg& c) { c.*member = def; },
+        [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          auto v = r.scalar(n, path);
+          if (!v) return;
+          uint64_t value = 0;
+          if (!parseUnsigned(*v, value)) {
+            r.diag().error(locationOf(n), path, "expected a whole number, got '" + *v + "'");
+          } else if (value < min || value > max) {
+            r.diag().error(locationOf(n), path,
+                           "must be between " + std::to_string(min) + " and " +
+                               std::to_string(max) + ", got " + *v);
+          } else {
+            c.*member = value;
+          }
+        });
   }
   OptionTable& size(std::string key, uint64_t Cfg::*member, std::string def, uint64_t min,
                     uint64_t max, std::string help) {
@@ -131,79 +138,83 @@ class OptionTable {
     info.bounds = formatSize(min) + ".." + formatSize(max);
     std::string ignored;
     uint64_t def_value = parseSize(def, ignored).value_or(0);
-    return add(info, [member, def_value](Cfg& c) { c.*member = def_value; },
-               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
-                 auto v = r.scalar(n, path);
-                 if (!v) return;
-                 std::string error;
-                 auto value = parseSize(*v, error);
-                 if (!value) {
-                   r.diag().error(locationOf(n), path, error);
-                 } else if (*value < min || *value > max) {
-                   r.diag().error(locationOf(n), path,
-                                  "must be between " + formatSize(min) + " and " + formatSize(max) +
-                                      ", got " + *v);
-                 } else {
-                   c.*member = *value;
-                 }
-               });
+    return add(
+        info, [member, def_value](Cfg& c) { c.*member = def_value; },
+        [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          auto v = r.scalar(n, path);
+          if (!v) return;
+          std::string error;
+          auto value = parseSize(*v, error);
+          if (!value) {
+            r.diag().error(locationOf(n), path, error);
+          } else if (*value < min || *value > max) {
+            r.diag().error(
+                locationOf(n), path,
+                "must be between " + formatSize(min) + " and " + formatSize(max) + ", got " + *v);
+          } else {
+            c.*member = *value;
+          }
+        });
   }
-  OptionTable& duration(std::string key, Millis Cfg::*member, std::string def, Millis min, Millis max,
-                        std::string help) {
+  OptionTable& duration(std::string key, Millis Cfg::*member, std::string def, Millis min,
+                        Millis max, std::string help) {
     OptionInfo info = makeInfo(key, "duration", def, help);
     info.bounds = formatDuration(min) + ".." + formatDuration(max);
     std::string ignored;
     Millis def_value = parseDuration(def, ignored).value_or(Millis(0));
-    return add(info, [member, def_value](Cfg& c) { c.*member = def_value; },
-               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
-                 auto v = r.scalar(n, path);
-                 if (!v) return;
-                 std::string error;
-                 auto value = parseDuration(*v, error);
-                 if (!value) {
-                   r.diag().error(locationOf(n), path, error);
-                 } else if (*value < min || *value > max) {
-                   r.diag().error(locationOf(n), path,
-                                  "must be between " + formatDuration(min) + " and " +
-                                      formatDuration(max) + ", got " + *v);
-                 } else {
-                   c.*member = *value;
-                 }
-               });
+    return add(
+        info, [member, def_value](Cfg& c) { c.*member = def_value; },
+        [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          auto v = r.scalar(n, path);
+          if (!v) return;
+          std::string error;
+          auto value = parseDuration(*v, error);
+          if (!value) {
+            r.diag().error(locationOf(n), path, error);
+          } else if (*value < min || *value > max) {
+            r.diag().error(locationOf(n), path,
+                           "must be between " + formatDuration(min) + " and " +
+                               formatDuration(max) + ", got " + *v);
+          } else {
+            c.*member = *value;
+          }
+        });
   }
   OptionTable& choice(std::string key, std::string Cfg::*member, std::vector<std::string> choices,
                       std::string def, std::string help) {
     OptionInfo info = makeInfo(key, "choice", def, help);
     info.choices = choices;
-    return add(info, [member, def](Cfg& c) { c.*member = def; },
-               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
-                 auto v = r.scalar(n, path);
-                 if (!v) return;
-                 for (const auto& ch : choices) {
-                   if (ch == *v) {
-                     c.*member = *v;
-                     return;
-                   }
-                 }
-                 std::string msg = "'" + *v + "' is not one of " + joinChoices(choices);
-                 auto near = nearest(*v, choices);
-                 if (!near.empty()) msg += " (did you mean '" + near + "'?)";
-                 r.diag().error(locationOf(n), path, msg);
-               });
+    return add(
+        info, [member, def](Cfg& c) { c.*member = def; },
+        [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          auto v = r.scalar(n, path);
+          if (!v) return;
+          for (const auto& ch : choices) {
+            if (ch == *v) {
+              c.*member = *v;
+              return;
+            }
+          }
+          std::string msg = "'" + *v + "' is not one of " + joinChoices(choices);
+          auto near = nearest(*v, choices);
+          if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+          r.diag().error(locationOf(n), path, msg);
+        });
   }
   OptionTable& list(std::string key, std::vector<std::string> Cfg::*member, bool required,
                     std::string help) {
     OptionInfo info = makeInfo(key, "list", required ? "" : "[]", help);
     info.required = required;
-    return add(info, [member](Cfg& c) { (c.*member).clear(); },
-               [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
-                 if (auto v = r.stringList(n, path)) {
-                   if (required && v->empty()) {
-                     r.diag().error(locationOf(n), path, "must list at least one entry");
-                   }
-                   c.*member = *v;
-                 }
-               });
+    return add(
+        info, [member](Cfg& c) { (c.*member).clear(); },
+        [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          if (auto v = r.stringList(n, path)) {
+            if (required && v->empty()) {
+              r.diag().error(locationOf(n), path, "must list at least one entry");
+            }
+            c.*member = *v;
+          }
+        });
   }
 
   const std::vector<OptionInfo>& describe() const { return infos_; }
@@ -222,7 +233,7 @@ class OptionTable {
       YAML::Node value = map.IsMap() ? map[key] : YAML::Node();
       if (value.IsDefined() && !value.IsNull()) {
         rows_[i].parse(value, cfg, reader, path + "." + key);
-      } else if (infos_[i].required) {
+      } else if (infos_[i].required && !(value.IsDefined() && key == "type")) {
         reader.diag().error(locationOf(map), path, "missing required key '" + key + "'");
       }
     }
@@ -233,8 +244,9 @@ class OptionTable {
     std::function<void(Cfg&)> set_default;
     std::function<void(const YAML::Node&, Cfg&, ConfigReader&, const std::string&)> parse;
   };
-  OptionTable& add(OptionInfo info, std::function<void(Cfg&)> set_default,
-                   std::function<void(const YAML::Node&, Cfg&, ConfigReader&, const std::string&)> parse) {
+  OptionTable& add(
+      OptionInfo info, std::function<void(Cfg&)> set_default,
+      std::function<void(const YAML::Node&, Cfg&, ConfigReader&, const std::string&)> parse) {
     infos_.push_back(std::move(info));
     rows_.push_back({std::move(set_default), std::move(parse)});
     return *this;

@@ -4,18 +4,24 @@ namespace sluice {
 
 const char* kindName(Kind kind) {
   switch (kind) {
-    case Kind::Source: return "source";
-    case Kind::Channel: return "channel";
-    case Kind::Sink: return "sink";
+    case Kind::Source:
+      return "source";
+    case Kind::Channel:
+      return "channel";
+    case Kind::Sink:
+      return "sink";
   }
   return "?";
 }
 
 const char* metricKind(Kind kind) {
   switch (kind) {
-    case Kind::Source: return "SOURCE";
-    case Kind::Channel: return "CHANNEL";
-    case Kind::Sink: return "SINK";
+    case Kind::Source:
+      return "SOURCE";
+    case Kind::Channel:
+      return "CHANNEL";
+    case Kind::Sink:
+      return "SINK";
   }
   return "?";
 }

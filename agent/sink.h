@@ -10,10 +10,10 @@
 // loop thread exactly once per deliver (sinks with their own threads hand results back with
 // uv_async_send). The take passed to deliver stays alive and unchanged until done is called.
 
+#include <uv.h>
 #include <functional>
 #include <memory>
 #include <string>
-#include <uv.h>
 
 #include "agent/channel.h"
 #include "agent/metrics.h"

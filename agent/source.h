@@ -11,10 +11,10 @@
 // stop() may finish asynchronously (a child process to reap, a socket to close); it offers what
 // it has read so far once more, then calls done exactly once. The context outlives the source.
 
+#include <uv.h>
 #include <functional>
 #include <memory>
 #include <string>
-#include <uv.h>
 
 #include "agent/event.h"
 #include "agent/metrics.h"

@@ -1,0 +1,560 @@
+#include "agent/agent.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/notify.h"
+#include "agent/status_server.h"
+
+namespace sluice {
+
+// The context of one running source: it routes offers into the source's channels, all or none,
+// and turns "room again" signals of those channels into resume() calls.
+class SourceRunner : public SourceContext {
+ public:
+  SourceRunner(uv_loop_t* loop, SourceSpec spec, SourcePtr source, MetricSetPtr metrics)
+      : loop_(loop),
+        spec_(std::move(spec)),
+        source_(std::move(source)),
+        metrics_(std::move(metrics)) {
+    received_ = &metrics_->counter("EventReceivedCount");
+    accepted_ = &metrics_->counter("EventAcceptedCount");
+    refused_ = &metrics_->counter("ChannelFullCount");
+  }
+  ~SourceRunner() override { setChannels({}); }
+
+  const SourceSpec& spec() const { return spec_; }
+
+  void setChannels(std::vector<ChannelPtr> channels) {
+    for (size_t i = 0; i < channels_.size(); ++i) channels_[i]->removeSpaceListener(listeners_[i]);
+    channels_ = std::move(channels);
+    listeners_.clear();
+    for (auto& ch : channels_) {
+      listeners_.push_back(ch->addSpaceListener([this] { onSpace(); }));
+    }
+  }
+
+  void start() { source_->start(*this); }
+  void stop(std::function<void()> done) {
+    stopped_ = true;
+    source_->stop(std::move(done));
+  }
+  // After a reload the channels may have changed: a waiting source gets a new chance.
+  void poke() { onSpace(); }
+
+  uv_loop_t* loop() override { return loop_; }
+  MetricSet& metrics() override { return *metrics_; }
+  const std::string& name() const override { return spec_.name; }
+
+  OfferResult offer(Batch& batch) override {
+    if (batch.empty()) return OfferResult::Accepted;
+    for (auto& ch : channels_) {
+      if (!ch->hasRoom(batch.size(), batch.bytes())) {
+        waiting_ = true;
+        refused_->inc();
+        return OfferResult::Full;
+      }
+    }
+    size_t n = batch.size();
+    auto frozen = std::make_shared<const Batch>(std::move(batch));
+    batch.clear();
+    for (auto& ch : channels_) {
+      // hasRoom() said yes for every channel and nothing ran in between: put cannot refuse.
+      if (!ch->put(frozen)) std::abort();
+    }
+    received_->inc(n);
+    accepted_->inc(n);
+    return OfferResult::Accepted;
+  }
+
+ private:
+  void onSpace() {
+    if (!waiting_ || stopped_) return;
+    waiting_ = false;
+    source_->resume();
+  }
+
+  uv_loop_t* loop_;
+  SourceSpec spec_;
+  SourcePtr source_;
+  MetricSetPtr metrics_;
+  Counter* received_;
+  Counter* accepted_;
+  Counter* refused_;
+  std::vector<ChannelPtr> channels_;
+  std::vector<uint64_t> listeners_;
+  bool waiting_ = false;
+  bool stopped_ = false;
+};
+
+Agent::Agent(const Registry& registry, std::string config_path)
+    : registry_(registry), config_path_(std::move(config_path)) {
+  uv_loop_init(&loop_);
+  uv_timer_init(&loop_, &tick_);
+  uv_timer_init(&loop_, &deferred_timer_);
+  tick_.data = this;
+  deferred_timer_.data = this;
+  for (auto* sig : {&sigterm_, &sigint_, &sighup_}) {
+    uv_signal_init(&loop_, sig);
+    sig->data = this;
+  }
+  notifier_ = std::make_unique<SystemdNotifier>();
+}
+
+Agent::~Agent() {
+  sources_.clear();
+  groups_.clear();
+  retiring_.clear();
+  channels_.clear();
+  status_.reset();
+  notifier_.reset();
+  uv_walk(
+      &loop_,
+      [](uv_handle_t* h, void*) {
+        if (!uv_is_closing(h)) uv_close(h, nullptr);
+      },
+      nullptr);
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  uv_loop_close(&loop_);
+}
+
+void Agent::later(std::function<void()> fn) {
+  deferred_.push_back(std::move(fn));
+  uv_timer_start(
+      &deferred_timer_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Agent*>(t->data);
+        auto fns = std::move(self->deferred_);
+        self->deferred_.clear();
+        for (auto& f : fns) f();
+      },
+      0, 0);
+}
+
+ChannelPtr Agent::makeChannel(const ChannelSpec& spec) {
+  BuildContext ctx{spec.name, &loop_, &config_.agent, metrics_.set("CHANNEL", spec.name)};
+  return spec.type->make_channel(spec.config, ctx);
+}
+
+std::unique_ptr<SinkGroup> Agent::makeGroup(const GroupSpec& spec, const Config& config,
+                                            const ChannelPtr& channel) {
+  std::vector<SinkGroup::Member> members;
+  for (const auto& name : spec.common.sinks) {
+    const SinkSpec* s = config.sink(name);
+    BuildContext ctx{s->name, &loop_, &config.agent, metrics_.set("SINK", s->name)};
+    SinkPtr sink = s->type->make_sink(s->config, ctx);
+    if (!sink) return nullptr;
+    members.push_back({*s, std::move(sink), ctx.metrics});
+  }
+  return std::make_unique<SinkGroup>(&loop_, spec, channel, std::move(members));
+}
+
+std::unique_ptr<SourceRunner> Agent::makeSource(const SourceSpec& spec) {
+  auto metrics = metrics_.set("SOURCE", spec.name);
+  BuildContext ctx{spec.name, &loop_, &config_.agent, metrics};
+  SourcePtr source = spec.type->make_source(spec.config, ctx);
+  if (!source) return nullptr;
+  return std::make_unique<SourceRunner>(&loop_, spec, std::move(source), metrics);
+}
+
+std::vector<ChannelPtr> Agent::channelsFor(const SourceSpec& spec) const {
+  std::vector<ChannelPtr> out;
+  for (const auto& name : spec.common.channels) out.push_back(channels_.at(name).channel);
+  return out;
+}
+
+void Agent::stopGroup(std::unique_ptr<SinkGroup> group, std::function<void()> then) {
+  auto* raw = group.release();
+  ++pending_stops_;
+  raw->stop([this, raw, then = std::move(then)] {
+    // The group may be inside its own call stack: destroy it from the loop, not from here.
+    later([this, raw, then] {
+      delete raw;
+      --pending_stops_;
+      if (then) then();
+    });
+  });
+}
+
+void Agent::stopSource(std::unique_ptr<SourceRunner> runner, std::function<void()> then) {
+  auto* raw = runner.release();
+  ++pending_stops_;
+  raw->stop([this, raw, then = std::move(then)] {
+    later([this, raw, then] {
+      delete raw;
+      --pending_stops_;
+      if (then) then();
+    });
+  });
+}
+
+bool Agent::apply(const Config& cfg) {
+  // Phase 1: build everything new, touching nothing that runs. A failure leaves all as it was.
+  std::map<std::string, ChannelEntry> next_channels;
+  std::vector<std::string> replaced_channels;
+  for (const auto& spec : cfg.channels) {
+    auto old = channels_.find(spec.name);
+    if (old != channels_.end() && old->second.spec == spec) {
+      next_channels[spec.name] = old->second;
+      continue;
+    }
+    if (old != channels_.end() && old->second.spec.type == spec.type &&
+        spec.type->reconfigure_channel &&
+        spec.type->reconfigure_channel(*old->second.channel, spec.config)) {
+      spdlog::info("channel {}: reconfigured in place", spec.name);
+      next_channels[spec.name] = {spec, old->second.channel};
+      continue;
+    }
+    auto channel = makeChannel(spec);
+    if (!channel) {
+      spdlog::error("channel {}: could not be created", spec.name);
+      return false;
+    }
+    if (old != channels_.end()) replaced_channels.push_back(spec.name);
+    next_channels[spec.name] = {spec, channel};
+  }
+  for (const auto& [name, entry] : channels_) {
+    if (!next_channels.count(name)) replaced_channels.push_back(name);
+  }
+
+  struct GroupPlan {
+    GroupSpec spec;
+    std::vector<SinkSpec> sinks;
+    bool keep = false;
+    std::unique_ptr<SinkGroup> fresh;
+  };
+  std::vector<GroupPlan> group_plans;
+  for (const auto& g : cfg.groups) {
+    GroupPlan plan{g, {}, false, nullptr};
+    for (const auto& s : g.common.sinks) plan.sinks.push_back(*cfg.sink(s));
+    const auto& channel_name = plan.sinks.front().common.channel;
+    const auto& channel = next_channels.at(channel_name).channel;
+    auto old = groups_.find(g.name);
+    if (old != groups_.end() && old->second.spec == g && old->second.sinks == plan.sinks &&
+        old->second.group->channel() == channel) {
+      plan.keep = true;
+    } else {
+      plan.fresh = makeGroup(g, cfg, channel);
+      if (!plan.fresh) {
+        spdlog::error("sink group {}: a sink could not be created", g.name);
+        return false;
+      }
+    }
+    group_plans.push_back(std::move(plan));
+  }
+
+  std::vector<std::unique_ptr<SourceRunner>> fresh_sources;
+  std::vector<std::string> kept_sources;
+  for (const auto& s : cfg.sources) {
+    auto old = sources_.find(s.name);
+    if (old != sources_.end() && old->second->spec() == s) {
+      kept_sources.push_back(s.name);
+      continue;
+    }
+    auto runner = makeSource(s);
+    if (!runner) {
+      spdlog::error("source {}: could not be created", s.name);
+      return false;
+    }
+    fresh_sources.push_back(std::move(runner));
+  }
+
+  // Phase 2: switch over.
+  config_ = cfg;
+  // Retire replaced channels together with the groups draining them: they keep draining what
+  // the channel holds; nothing new is put into it.
+  for (const auto& name : replaced_channels) {
+    Retiring r{channels_.at(name).channel, name, {}};
+    for (auto it = groups_.begin(); it != groups_.end();) {
+      if (it->second.group->channel() == r.channel) {
+        r.groups.push_back(std::move(it->second.group));
+        it = groups_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    spdlog::info("channel {}: retired; draining {} events held before the reload", name,
+                 r.channel->stats().events);
+    retiring_.push_back(std::move(r));
+  }
+  channels_ = std::move(next_channels);
+
+  std::map<std::string, GroupEntry> next_groups;
+  for (auto& plan : group_plans) {
+    if (plan.keep) {
+      next_groups[plan.spec.name] = std::move(groups_.at(plan.spec.name));
+      groups_.erase(plan.spec.name);
+      continue;
+    }
+    auto* fresh = plan.fresh.release();
+    next_groups[plan.spec.name] = {plan.spec, plan.sinks, nullptr};
+    auto old = groups_.find(plan.spec.name);
+    auto start_fresh = [this, fresh, name = plan.spec.name] {
+      std::unique_ptr<SinkGroup> owned(fresh);
+      auto it = groups_.find(name);
+      if (it == groups_.end() || stopping_) return;  // replaced again or shutting down
+      it->second.group = std::move(owned);
+      it->second.group->start();
+    };
+    if (old != groups_.end() && old->second.group) {
+      // The new group reads the same cursor: let the old one finish and roll back first.
+      stopGroup(std::move(old->second.group), start_fresh);
+      groups_.erase(old);
+    } else {
+      later(start_fresh);
+    }
+  }
+  // Groups that are gone: stop them and forget their cursors.
+  for (auto& [name, entry] : groups_) {
+    if (!entry.group) continue;
+    ChannelPtr channel = entry.group->channel();
+    stopGroup(std::move(entry.group), [channel, name = name, this] {
+      if (!groups_.count(name)) channel->dropCursor(name);
+    });
+  }
+  groups_ = std::move(next_groups);
+
+  for (auto it = sources_.begin(); it != sources_.end();) {
+    bool kept =
+        std::find(kept_sources.begin(), kept_sources.end(), it->first) != kept_sources.end();
+    if (kept) {
+      it->second->setChannels(channelsFor(it->second->spec()));
+      ++it;
+      continue;
+    }
+    stopSource(std::move(it->second), nullptr);
+    it = sources_.erase(it);
+  }
+  for (auto& runner : fresh_sources) {
+    auto* raw = runner.release();
+    later([this, raw] {
+      std::unique_ptr<SourceRunner> owned(raw);
+      if (stopping_) return;
+      // A source with the same name may still be stopping (it may hold a port): start after.
+      auto name = owned->spec().name;
+      owned->setChannels(channelsFor(owned->spec()));
+      auto& slot = sources_[name];
+      slot = std::move(owned);
+      slot->start();
+    });
+  }
+  for (auto& [name, runner] : sources_) runner->poke();
+
+  std::vector<std::pair<std::string, std::string>> keep;
+  for (const auto& s : cfg.sources) keep.push_back({"SOURCE", s.name});
+  for (const auto& c : cfg.channels) keep.push_back({"CHANNEL", c.name});
+  for (const auto& s : cfg.sinks) keep.push_back({"SINK", s.name});
+  for (const auto& r : retiring_) {
+    keep.push_back({"CHANNEL", r.name});
+    for (const auto& g : r.groups) {
+      for (const auto& m : g->members()) keep.push_back({"SINK", m->m.spec.name});
+    }
+  }
+  metrics_.retainOnly(keep);
+  return true;
+}
+
+void Agent::reload() {
+  if (stopping_) return;
+  notifier_->reloading();
+  spdlog::info("reloading {}", config_path_);
+  Diagnostics diag(config_path_);
+  auto cfg = loadConfigFile(config_path_, registry_, diag, processEnv());
+  for (const auto& line : [&] {
+         std::vector<std::string> lines;
+         std::string all = diag.format(), cur;
+         for (char c : all) {
+           if (c == '\n') {
+             lines.push_back(cur);
+             cur.clear();
+           } else {
+             cur += c;
+           }
+         }
+         return lines;
+       }()) {
+    if (cfg) {
+      spdlog::warn("{}", line);
+    } else {
+      spdlog::error("{}", line);
+    }
+  }
+  if (!cfg) {
+    spdlog::error("reload refused: the new configuration has errors; the running one is kept");
+    metrics_.set("AGENT", "reload").get()->counter("ReloadFailedCount").inc();
+  } else if (!apply(*cfg)) {
+    spdlog::error("reload refused: a component could not be created; the running one is kept");
+    metrics_.set("AGENT", "reload").get()->counter("ReloadFailedCount").inc();
+  } else {
+    if (cfg->agent.status != config_.agent.status || !status_) startStatus();
+    metrics_.set("AGENT", "reload").get()->counter("ReloadSuccessCount").inc();
+    spdlog::info("configuration reloaded");
+  }
+  notifier_->ready();
+}
+
+void Agent::checkRetiring() {
+  for (auto& r : retiring_) {
+    if (r.groups.empty()) continue;
+    bool drained = true;
+    for (const auto& g : r.groups) drained = drained && g->lag() == 0;
+    if (!drained) continue;
+    spdlog::info("channel {}: retired channel drained", r.name);
+    for (auto& g : r.groups) stopGroup(std::move(g), nullptr);
+    r.groups.clear();
+  }
+  retiring_.erase(std::remove_if(retiring_.begin(), retiring_.end(),
+                                 [](const Retiring& r) { return r.groups.empty(); }),
+                  retiring_.end());
+}
+
+uint64_t Agent::pendingEvents() const {
+  uint64_t n = 0;
+  for (const auto& [name, g] : groups_) {
+    if (g.group) n += g.group->lag();
+  }
+  for (const auto& r : retiring_) {
+    for (const auto& g : r.groups) n += g->lag();
+  }
+  return n;
+}
+
+void Agent::beginShutdown() {
+  stopping_ = true;
+  notifier_->stopping();
+  drain_deadline_ms_ = uv_now(&loop_) + static_cast<uint64_t>(config_.agent.drain_timeout.count());
+  spdlog::info("stopping: sources first, then draining channels (at most {})",
+               formatDuration(config_.agent.drain_timeout));
+  for (auto& [name, runner] : sources_) stopSource(std::move(runner), nullptr);
+  sources_.clear();
+  checkDrained();
+}
+
+void Agent::checkDrained() {
+  // Sources stop first so what they had read is in the channels before the drain is judged.
+  bool sources_stopped = pending_stops_ == 0;
+  uint64_t pending = pendingEvents();
+  bool timed_out = uv_now(&loop_) >= drain_deadline_ms_;
+  if (!sources_stopped && !timed_out) return;
+  if (pending > 0 && !timed_out) return;
+  if (pending > 0) {
+    spdlog::error("drain timeout: {} events were not delivered; those in memory channels are lost",
+                  pending);
+  }
+  finishShutdown();
+}
+
+void Agent::finishShutdown() {
+  uv_timer_stop(&tick_);
+  uv_signal_stop(&sighup_);
+  std::vector<std::unique_ptr<SinkGroup>> all;
+  for (auto& [name, g] : groups_) {
+    if (g.group) all.push_back(std::move(g.group));
+  }
+  groups_.clear();
+  for (auto& r : retiring_) {
+    for (auto& g : r.groups) all.push_back(std::move(g));
+  }
+  retiring_.clear();
+  auto remaining = std::make_shared<size_t>(all.size() + 1);
+  auto finish = [this, remaining] {
+    if (--*remaining != 0) return;
+    notifier_->stopWatchdog();
+    auto close_rest = [this] {
+      uv_signal_stop(&sigterm_);
+      uv_signal_stop(&sigint_);
+      uv_timer_stop(&deferred_timer_);
+      spdlog::info("stopped");
+    };
+    if (status_) {
+      status_->close(close_rest);
+    } else {
+      close_rest();
+    }
+  };
+  for (auto& g : all) stopGroup(std::move(g), finish);
+  finish();
+}
+
+void Agent::onSignal(uv_signal_t* handle, int signum) {
+  auto* self = static_cast<Agent*>(handle->data);
+  if (signum == SIGHUP) {
+    self->reload();
+    return;
+  }
+  if (self->stopping_) {
+    spdlog::warn("second stop signal: exiting now without draining");
+    spdlog::default_logger()->flush();
+    _exit(1);
+  }
+  spdlog::info("received {}", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  self->beginShutdown();
+}
+
+std::string Agent::healthJson() const {
+  nlohmann::ordered_json j;
+  j["status"] = stopping_ ? "stopping" : "ok";
+  j["agent"] = config_.agent.name;
+  j["version"] = SLUICE_VERSION;
+  j["uptime_seconds"] = (uv_now(const_cast<uv_loop_t*>(&loop_)) - started_ms_) / 1000;
+  auto& channels = j["channels"] = nlohmann::ordered_json::object();
+  for (const auto& [name, entry] : channels_) {
+    auto st = entry.channel->stats();
+    channels[name] = {{"events", st.events}, {"bytes", st.bytes}};
+  }
+  auto& groups = j["sink_groups"] = nlohmann::ordered_json::object();
+  for (const auto& [name, g] : groups_) {
+    if (g.group) groups[name] = {{"lag", g.group->lag()}, {"in_flight", g.group->inFlight()}};
+  }
+  return j.dump(2) + "\n";
+}
+
+void Agent::startStatus() {
+  auto retire = [this](std::unique_ptr<StatusServer> server) {
+    // A server is destroyed only once its handles are closed, from the loop.
+    auto* raw = server.release();
+    raw->close([this, raw] { later([raw] { delete raw; }); });
+  };
+  if (status_) retire(std::move(status_));
+  if (config_.agent.status.empty()) return;
+  status_ = std::make_unique<StatusServer>(
+      &loop_, metrics_, [this] { return healthJson(); }, [this] { return !stopping_; });
+  auto err = status_->listen(config_.agent.status);
+  if (!err.empty()) {
+    spdlog::error("status server on {}: {}", config_.agent.status, err);
+    retire(std::move(status_));
+    return;
+  }
+}
+
+int Agent::run(Config config) {
+  started_ms_ = uv_now(&loop_);
+  config_ = config;
+  if (!apply(config)) return 1;
+  startStatus();
+  if (!config_.agent.status.empty() && !status_) return 1;
+  uv_signal_start(&sigterm_, &Agent::onSignal, SIGTERM);
+  uv_signal_start(&sigint_, &Agent::onSignal, SIGINT);
+  uv_signal_start(&sighup_, &Agent::onSignal, SIGHUP);
+  uv_timer_start(
+      &tick_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Agent*>(t->data);
+        if (self->stopping_) {
+          self->checkDrained();
+        } else {
+          self->checkRetiring();
+        }
+      },
+      50, 50);
+  notifier_->startWatchdog(&loop_, config_.agent.watchdog_interval);
+  notifier_->ready();
+  spdlog::info("sluice {} started: {} sources, {} channels, {} sink groups", SLUICE_VERSION,
+               config_.sources.size(), config_.channels.size(), config_.groups.size());
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  return exit_code_;
+}
+
+}  // namespace sluice

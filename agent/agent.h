@@ -1,0 +1,107 @@
+#pragma once
+// The running agent: one libuv loop that owns every source, channel, sink group, the status
+// server, signals and the systemd notifier.
+//
+// Lifecycle
+//   start:   channels, then sink groups (consumers exist before data arrives), then sources.
+//   SIGHUP:  re-read the file. An invalid file is refused with every error logged and nothing
+//            changes. A valid one is applied component by component: what did not change keeps
+//            running untouched; a channel whose bounds changed is reconfigured in place; a
+//            channel that is removed or replaced is retired, and its old sink groups keep
+//            draining it until it is empty, so buffered events are never dropped by a reload.
+//   SIGTERM/SIGINT: stop the sources (each offers what it has read), let the sink groups drain
+//            the channels until every cursor is caught up or agent.drain_timeout passes, stop
+//            the sink groups (waiting for deliveries in flight), exit 0. A second signal exits
+//            at once.
+
+#include <uv.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/config.h"
+#include "agent/metrics.h"
+#include "agent/registry.h"
+#include "agent/sink_group.h"
+
+namespace sluice {
+
+class SourceRunner;
+class StatusServer;
+class SystemdNotifier;
+
+class Agent {
+ public:
+  Agent(const Registry& registry, std::string config_path);
+  ~Agent();
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // Runs until stopped by a signal; returns the process exit code.
+  int run(Config config);
+
+ private:
+  struct ChannelEntry {
+    ChannelSpec spec;
+    ChannelPtr channel;
+  };
+  struct GroupEntry {
+    GroupSpec spec;
+    std::vector<SinkSpec> sinks;
+    std::unique_ptr<SinkGroup> group;
+  };
+  struct Retiring {
+    ChannelPtr channel;
+    std::string name;
+    std::vector<std::unique_ptr<SinkGroup>> groups;
+  };
+
+  bool apply(const Config& config);
+  ChannelPtr makeChannel(const ChannelSpec& spec);
+  std::unique_ptr<SinkGroup> makeGroup(const GroupSpec& spec, const Config& config,
+                                       const ChannelPtr& channel);
+  std::unique_ptr<SourceRunner> makeSource(const SourceSpec& spec);
+  std::vector<ChannelPtr> channelsFor(const SourceSpec& spec) const;
+  void stopGroup(std::unique_ptr<SinkGroup> group, std::function<void()> then);
+  void stopSource(std::unique_ptr<SourceRunner> runner, std::function<void()> then);
+
+  void reload();
+  void beginShutdown();
+  void checkDrained();
+  void finishShutdown();
+  void checkRetiring();
+  void later(std::function<void()> fn);
+  uint64_t pendingEvents() const;
+  std::string healthJson() const;
+  void startStatus();
+
+  static void onSignal(uv_signal_t* handle, int signum);
+
+  const Registry& registry_;
+  std::string config_path_;
+  uv_loop_t loop_{};
+  Config config_;
+  MetricsRegistry metrics_;
+  std::map<std::string, ChannelEntry> channels_;
+  std::map<std::string, GroupEntry> groups_;
+  std::map<std::string, std::unique_ptr<SourceRunner>> sources_;
+  std::vector<Retiring> retiring_;
+
+  uv_signal_t sigterm_{}, sigint_{}, sighup_{};
+  uv_timer_t tick_{};  // drain and retirement checks
+  uv_timer_t deferred_timer_{};
+  std::vector<std::function<void()>> deferred_;
+  std::unique_ptr<StatusServer> status_;
+  std::unique_ptr<SystemdNotifier> notifier_;
+
+  bool stopping_ = false;
+  uint64_t drain_deadline_ms_ = 0;
+  size_t pending_stops_ = 0;
+  int exit_code_ = 0;
+  uint64_t started_ms_ = 0;
+};
+
+}  // namespace sluice

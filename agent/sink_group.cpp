@@ -1,0 +1,208 @@
+#include "agent/sink_group.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace sluice {
+
+namespace {
+constexpr int kMaxTakesPerTurn = 64;  // then yield to the loop so sources get their turn
+}
+
+SinkGroup::SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel,
+                     std::vector<Member> members)
+    : loop_(loop),
+      spec_(std::move(spec)),
+      channel_(std::move(channel)),
+      cursor_(&channel_->cursor(spec_.name)),
+      rng_(static_cast<unsigned>(std::random_device{}())) {
+  for (auto& m : members) {
+    auto st = std::make_unique<MemberState>();
+    st->m = std::move(m);
+    st->group = this;
+    st->loop_ptr = loop_;
+    st->on_wake = [this] { schedulePump(); };
+    auto& ms = *st->m.metrics;
+    st->attempts = &ms.counter("EventDrainAttemptCount");
+    st->successes = &ms.counter("EventDrainSuccessCount");
+    st->failed = &ms.counter("ConnectionFailedCount");
+    st->batches_complete = &ms.counter("BatchCompleteCount");
+    st->batches_underflow = &ms.counter("BatchUnderflowCount");
+    st->batches_empty = &ms.counter("BatchEmptyCount");
+    MemberState* raw = st.get();
+    ms.gauge(
+        "InFlightBatches", [raw] { return static_cast<double>(raw->in_flight); }, this);
+    ms.gauge(
+        "Active",
+        [this, raw] { return (raw->penalty_until_ms <= uv_now(loop_) && running_) ? 1.0 : 0.0; },
+        this);
+    members_.push_back(std::move(st));
+  }
+  timer_ = new uv_timer_t;
+  uv_timer_init(loop_, timer_);
+  timer_->data = this;
+}
+
+SinkGroup::~SinkGroup() {
+  *alive_ = false;
+  in_flight_.clear();  // any take still here rolls back
+  for (auto& st : members_) st->m.metrics->clearGauges(this);
+  cursor_->setOnReady(nullptr);
+  timer_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(timer_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+}
+
+void SinkGroup::start() {
+  running_ = true;
+  for (auto& st : members_) st->m.sink->start(*st);
+  cursor_->setOnReady([this] { schedulePump(); });
+  schedulePump();
+}
+
+void SinkGroup::schedulePump() {
+  if (!running_) return;
+  if (pumping_) {
+    repump_ = true;
+    return;
+  }
+  pump();
+}
+
+void SinkGroup::onTimer(uv_timer_t* t) {
+  auto* self = static_cast<SinkGroup*>(t->data);
+  if (self) self->schedulePump();
+}
+
+MemberState* SinkGroup::choose() {
+  uint64_t now = uv_now(loop_);
+  auto usable = [&](MemberState* st) {
+    return st->penalty_until_ms <= now && st->in_flight < st->m.sink->maxInFlight() &&
+           st->m.sink->ready();
+  };
+  if (spec_.common.processor == "load_balance") {
+    for (size_t i = 0; i < members_.size(); ++i) {
+      auto* st = members_[(round_robin_ + i) % members_.size()].get();
+      if (usable(st)) {
+        round_robin_ = (round_robin_ + i + 1) % members_.size();
+        return st;
+      }
+    }
+    return nullptr;
+  }
+  // failover: the first sink in priority order that is not set aside. A higher-priority sink
+  // that is live but busy is waited for rather than skipped, so order is kept.
+  for (auto& st : members_) {
+    if (st->penalty_until_ms > now) continue;
+    return usable(st.get()) ? st.get() : nullptr;
+  }
+  return nullptr;
+}
+
+void SinkGroup::pump() {
+  pumping_ = true;
+  int takes = 0;
+  do {
+    repump_ = false;
+    while (running_ && takes < kMaxTakesPerTurn) {
+      MemberState* st = choose();
+      if (!st) break;
+      Take take = cursor_->take(st->m.spec.common.batch_size, st->m.spec.common.batch_max_bytes);
+      if (!take) {
+        st->batches_empty->inc();
+        break;  // the cursor's ready callback pumps again
+      }
+      ++takes;
+      if (take.events() < st->m.spec.common.batch_size) {
+        st->batches_underflow->inc();
+      } else {
+        st->batches_complete->inc();
+      }
+      st->attempts->inc(take.events());
+      ++st->in_flight;
+      uint64_t id = next_id_++;
+      auto entry = std::make_unique<InFlight>(InFlight{std::move(take), st});
+      const Take& ref = entry->take;
+      in_flight_.emplace(id, std::move(entry));
+      std::weak_ptr<bool> alive = alive_;
+      st->m.sink->deliver(ref, [this, id, alive](DeliveryResult r) {
+        if (alive.expired()) return;
+        onDelivered(id, std::move(r));
+      });
+    }
+  } while (repump_ && running_ && takes < kMaxTakesPerTurn);
+  pumping_ = false;
+
+  if (!running_) return;
+  // Wake up again when the turn was cut short, or when the earliest penalty ends.
+  uint64_t now = uv_now(loop_);
+  uint64_t wake_in = UINT64_MAX;
+  if (takes >= kMaxTakesPerTurn) wake_in = 0;
+  for (auto& st : members_) {
+    if (st->penalty_until_ms > now) wake_in = std::min(wake_in, st->penalty_until_ms - now);
+  }
+  if (wake_in != UINT64_MAX) uv_timer_start(timer_, &SinkGroup::onTimer, wake_in, 0);
+}
+
+void SinkGroup::onDelivered(uint64_t id, DeliveryResult result) {
+  auto it = in_flight_.find(id);
+  if (it == in_flight_.end()) return;
+  auto entry = std::move(it->second);
+  in_flight_.erase(it);
+  MemberState* st = entry->member;
+  --st->in_flight;
+  if (result.status == DeliveryStatus::Ok) {
+    size_t events = entry->take.events();
+    entry->take.commit();
+    st->successes->inc(events);
+    st->failures = 0;
+  } else {
+    entry->take.rollback();
+    st->failed->inc();
+    ++st->failures;
+    auto base = spec_.common.penalty_min.count();
+    auto cap = spec_.common.penalty_max.count();
+    int64_t penalty = base;
+    for (uint32_t i = 1; i < st->failures && penalty < cap; ++i) penalty *= 2;
+    penalty = std::min<int64_t>(penalty, cap);
+    // Jitter in [50%, 100%] so a fleet of agents does not retry in lockstep.
+    std::uniform_int_distribution<int64_t> jitter(penalty / 2, std::max<int64_t>(penalty, 1));
+    penalty = jitter(rng_);
+    st->penalty_until_ms = uv_now(loop_) + static_cast<uint64_t>(penalty);
+    spdlog::warn("sink {}: delivery failed ({}); retrying in {} ms", st->m.spec.name, result.error,
+                 penalty);
+  }
+  if (stopping_) {
+    maybeFinishStop();
+    return;
+  }
+  schedulePump();
+}
+
+void SinkGroup::stop(std::function<void()> done) {
+  running_ = false;
+  stopping_ = true;
+  stop_done_ = std::move(done);
+  uv_timer_stop(timer_);
+  cursor_->setOnReady(nullptr);
+  maybeFinishStop();
+}
+
+void SinkGroup::maybeFinishStop() {
+  if (!stopping_ || !in_flight_.empty() || !stop_done_) return;
+  auto remaining = std::make_shared<size_t>(members_.size());
+  auto done = std::move(stop_done_);
+  stop_done_ = nullptr;
+  if (members_.empty()) {
+    done();
+    return;
+  }
+  for (auto& st : members_) {
+    st->m.sink->stop([remaining, done] {
+      if (--*remaining == 0) done();
+    });
+  }
+}
+
+}  // namespace sluice

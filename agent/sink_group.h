@@ -1,0 +1,111 @@
+#pragma once
+// The sink group: the consumer of one channel cursor, driving one or more sinks.
+//
+// The group owns the take/commit cycle: it takes a batch from its cursor, hands it to the sink
+// its processor picks, and commits only when that sink answers Ok. On Retry it rolls the batch
+// back (the next take hands the same events out first) and sets the sink aside for a penalty
+// that doubles per consecutive failure, with jitter, up to a maximum. A failover group then
+// gives the batch to the next live sink in priority order; a load_balance group takes turns
+// among live sinks. A lone sink is a group of one, whose penalty is its retry backoff.
+//
+// Threads: everything runs on the loop thread. Sinks may answer synchronously from deliver().
+
+#include <uv.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "agent/channel.h"
+#include "agent/config.h"
+#include "agent/metrics.h"
+#include "agent/sink.h"
+
+namespace sluice {
+
+struct MemberState;
+
+class SinkGroup {
+ public:
+  struct Member {
+    SinkSpec spec;
+    SinkPtr sink;
+    MetricSetPtr metrics;
+  };
+
+  SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel, std::vector<Member> members);
+  ~SinkGroup();
+  SinkGroup(const SinkGroup&) = delete;
+  SinkGroup& operator=(const SinkGroup&) = delete;
+
+  void start();
+  // Stops taking, waits for outstanding deliveries, stops the sinks, then calls done.
+  void stop(std::function<void()> done);
+
+  const std::string& name() const { return spec_.name; }
+  const GroupSpec& spec() const { return spec_; }
+  const ChannelPtr& channel() const { return channel_; }
+  uint64_t lag() const { return cursor_->lag(); }
+  size_t inFlight() const { return in_flight_.size(); }
+  const std::vector<std::unique_ptr<MemberState>>& members() const { return members_; }
+
+ private:
+  struct InFlight {
+    Take take;
+    MemberState* member;
+  };
+
+  void schedulePump();
+  void pump();
+  MemberState* choose();
+  void onDelivered(uint64_t id, DeliveryResult result);
+  void maybeFinishStop();
+  static void onTimer(uv_timer_t* t);
+
+  uv_loop_t* loop_;
+  GroupSpec spec_;
+  ChannelPtr channel_;
+  Cursor* cursor_;
+  std::vector<std::unique_ptr<MemberState>> members_;
+  std::unordered_map<uint64_t, std::unique_ptr<InFlight>> in_flight_;
+  uint64_t next_id_ = 1;
+  size_t round_robin_ = 0;
+  bool running_ = false;
+  bool pumping_ = false;
+  bool repump_ = false;
+  bool stopping_ = false;
+  std::function<void()> stop_done_;
+  uv_timer_t* timer_ = nullptr;  // wakes the pump (penalties, yielding); freed in its close cb
+  std::minstd_rand rng_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+// Per-sink state inside a group; also the sink's SinkContext.
+struct MemberState : SinkContext {
+  SinkGroup::Member m;
+  SinkGroup* group = nullptr;
+  uv_loop_t* loop_ptr = nullptr;
+  std::function<void()> on_wake;
+  size_t in_flight = 0;
+  uint32_t failures = 0;
+  uint64_t penalty_until_ms = 0;  // uv_now() time
+  Counter* attempts = nullptr;
+  Counter* successes = nullptr;
+  Counter* failed = nullptr;
+  Counter* batches_complete = nullptr;
+  Counter* batches_underflow = nullptr;
+  Counter* batches_empty = nullptr;
+
+  uv_loop_t* loop() override { return loop_ptr; }
+  MetricSet& metrics() override { return *m.metrics; }
+  const std::string& name() const override { return m.spec.name; }
+  void wake() override {
+    if (on_wake) on_wake();
+  }
+};
+
+}  // namespace sluice

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds sluice and runs the whole test suite: the normal build, the generated-docs and format
+# checks, then everything again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Exits non-zero when anything fails. Used by README.md and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+
+echo "== build (default preset)"
+cmake --preset default
+cmake --build --preset default
+
+echo "== generated configuration reference is up to date"
+./build/default/sluice schema --format markdown | diff -u docs/CONFIGURATION.md - || {
+  echo "docs/CONFIGURATION.md is stale: run ./build/default/sluice schema --format markdown > docs/CONFIGURATION.md" >&2
+  exit 1
+}
+
+echo "== clang-format"
+files=$(git ls-files '*.cpp' '*.h' 2>/dev/null || find agent sources channels sinks tests -name '*.cpp' -o -name '*.h')
+clang-format --dry-run --Werror $files
+
+echo "== tests (default preset)"
+ctest --preset default
+
+echo "== build and tests under ASan + UBSan"
+cmake --preset asan
+cmake --build --preset asan
+ctest --preset asan

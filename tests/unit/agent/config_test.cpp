@@ -1,0 +1,325 @@
+#include <doctest/doctest.h>
+
+#include <map>
+
+#include "agent/config.h"
+#include "agent/schema.h"
+
+using namespace sluice;
+
+namespace {
+
+struct FakeSourceCfg {
+  std::string command;
+  uint64_t batch_size = 0;
+  Millis timeout{};
+  bool shell = false;
+  bool operator==(const FakeSourceCfg&) const = default;
+};
+struct FakeChannelCfg {
+  uint64_t max_bytes = 0;
+  bool operator==(const FakeChannelCfg&) const = default;
+};
+struct FakeSinkCfg {
+  std::string format;
+  bool operator==(const FakeSinkCfg&) const = default;
+};
+
+const Registry& testRegistry() {
+  static Registry r = [] {
+    Registry reg;
+    OptionTable<FakeSourceCfg> src;
+    src.requiredString("command", &FakeSourceCfg::command, "what to run")
+        .integer("batch_size", &FakeSourceCfg::batch_size, 100, 1, 1000, "events per batch")
+        .duration("batch_timeout", &FakeSourceCfg::timeout, "1s", Millis(1), Millis(60'000), "t")
+        .boolean("shell", &FakeSourceCfg::shell, true, "use a shell");
+    reg.addSource<FakeSourceCfg>(
+        "exec", "runs things", src,
+        [](const FakeSourceCfg&, const BuildContext&) -> SourcePtr { return nullptr; });
+    OptionTable<FakeChannelCfg> ch;
+    ch.size("max_bytes", &FakeChannelCfg::max_bytes, "64MiB", 1024, 1ull << 40, "bytes held");
+    reg.addChannel<FakeChannelCfg, Channel>(
+        "memory", "in memory", ch,
+        std::function<std::shared_ptr<Channel>(const FakeChannelCfg&, const BuildContext&)>(
+            [](const FakeChannelCfg&, const BuildContext&) { return std::shared_ptr<Channel>(); }));
+    OptionTable<FakeSinkCfg> sk;
+    sk.choice("format", &FakeSinkCfg::format, {"text", "json"}, "text", "output format");
+    reg.addSink<FakeSinkCfg>(
+        "stdout", "prints", sk,
+        [](const FakeSinkCfg&, const BuildContext&) -> SinkPtr { return nullptr; });
+    return reg;
+  }();
+  return r;
+}
+
+std::map<std::string, std::string> env_vars = {{"HOME_DIR", "/srv"}, {"EMPTY", ""}};
+
+EnvLookup fakeEnv() {
+  return [](const std::string& n) -> std::optional<std::string> {
+    auto it = env_vars.find(n);
+    if (it == env_vars.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+struct Loaded {
+  std::optional<Config> cfg;
+  Diagnostics diag{"test.yaml"};
+};
+
+Loaded load(const std::string& text) {
+  Loaded l;
+  l.cfg = loadConfigText(text, "test.yaml", testRegistry(), l.diag, fakeEnv());
+  return l;
+}
+
+// The one error whose path is `path`; fails the test when there is not exactly one.
+Diagnostic errorAt(const Loaded& l, const std::string& path) {
+  std::vector<Diagnostic> found;
+  for (const auto& d : l.diag.all()) {
+    if (d.path == path && d.severity == Diagnostic::Severity::Error) found.push_back(d);
+  }
+  INFO(l.diag.format());
+  REQUIRE(found.size() == 1);
+  return found[0];
+}
+
+const char* kGood = R"(agent:
+  name: pos-1
+  status: 127.0.0.1:0
+sources:
+  cmd:
+    type: exec
+    command: seq 1 10
+    channels: [mem]
+channels:
+  mem:
+    type: memory
+    max_bytes: 8MiB
+sinks:
+  out:
+    type: stdout
+    channel: mem
+    format: json
+)";
+
+}  // namespace
+
+TEST_CASE("a valid configuration loads with typed values and an implicit group") {
+  auto l = load(kGood);
+  INFO(l.diag.format());
+  REQUIRE(l.cfg);
+  CHECK(l.cfg->agent.name == "pos-1");
+  CHECK(l.cfg->agent.drain_timeout == Millis(30'000));
+  REQUIRE(l.cfg->sources.size() == 1);
+  auto& src = std::any_cast<const FakeSourceCfg&>(l.cfg->sources[0].config);
+  CHECK(src.command == "seq 1 10");
+  CHECK(src.batch_size == 100);
+  CHECK(src.timeout == Millis(1000));
+  CHECK(src.shell);
+  CHECK(std::any_cast<const FakeChannelCfg&>(l.cfg->channels[0].config).max_bytes == 8u << 20);
+  REQUIRE(l.cfg->groups.size() == 1);
+  CHECK(l.cfg->groups[0].implicit);
+  CHECK(l.cfg->groups[0].name == "out");
+  CHECK(l.cfg->sinks[0].common.batch_size == 1000);
+}
+
+TEST_CASE("syntax errors report line and column") {
+  auto l = load("sources:\n  a: [unclosed\n");
+  CHECK(!l.cfg);
+  REQUIRE(l.diag.all().size() == 1);
+  CHECK(l.diag.all()[0].where.line >= 2);
+  CHECK(l.diag.format().find("test.yaml:") == 0);
+  CHECK(l.diag.format().find("YAML syntax") != std::string::npos);
+}
+
+TEST_CASE("unknown keys are reported with path, position and a suggestion") {
+  std::string text = kGood;
+  text.replace(text.find("    format: json"), 16, "    formt: json");
+  auto l = load(text);
+  CHECK(!l.cfg);
+  auto d = errorAt(l, "sinks.out.formt");
+  CHECK(d.where.line == 17);
+  CHECK(d.where.column == 5);
+  CHECK(d.message == "unknown key 'formt' (did you mean 'format'?)");
+}
+
+TEST_CASE("unknown top-level section and unknown type get suggestions") {
+  auto l = load("sinkz: {}\nsources:\n  a: {type: exce, channels: [x]}\n");
+  CHECK(!l.cfg);
+  CHECK(errorAt(l, "sinkz").message == "unknown key 'sinkz' (did you mean 'sinks'?)");
+  auto d = errorAt(l, "sources.a.type");
+  CHECK(d.where.line == 3);
+  CHECK(d.where.column == 13);
+  CHECK(d.message.find("unknown source type 'exce' (did you mean 'exec'?)") == 0);
+}
+
+TEST_CASE("bad values: sizes, durations, integers, booleans, choices, bounds") {
+  auto l = load(R"(sources:
+  a:
+    type: exec
+    command: x
+    channels: [mem]
+    batch_size: 5000
+    batch_timeout: 30
+    shell: maybe
+channels:
+  mem: {type: memory, max_bytes: 12XB}
+sinks:
+  o: {type: stdout, channel: mem, format: jsn, batch_size: -1}
+)");
+  CHECK(!l.cfg);
+  auto d = errorAt(l, "sources.a.batch_size");
+  CHECK(d.where.line == 6);
+  CHECK(d.where.column == 17);
+  CHECK(d.message == "must be between 1 and 1000, got 5000");
+  d = errorAt(l, "sources.a.batch_timeout");
+  CHECK(d.where.line == 7);
+  CHECK(d.message.find("needs a unit") != std::string::npos);
+  CHECK(errorAt(l, "sources.a.shell").message == "expected true or false, got 'maybe'");
+  d = errorAt(l, "channels.mem.max_bytes");
+  CHECK(d.where.line == 10);
+  CHECK(d.where.column == 34);
+  CHECK(d.message.find("unknown size unit 'XB'") == 0);
+  CHECK(errorAt(l, "sinks.o.format").message ==
+        "'jsn' is not one of text, json (did you mean 'json'?)");
+  CHECK(errorAt(l, "sinks.o.batch_size").message.find("whole number") != std::string::npos);
+}
+
+TEST_CASE("missing required keys and wrong shapes") {
+  auto l = load("sources:\n  a: {type: exec}\nchannels:\n  c: [1, 2]\n");
+  CHECK(!l.cfg);
+  auto text = l.diag.format();
+  CHECK(text.find("test.yaml:2:6: error: sources.a: missing required key 'channels'") !=
+        std::string::npos);
+  CHECK(text.find("test.yaml:2:6: error: sources.a: missing required key 'command'") !=
+        std::string::npos);
+  CHECK(errorAt(l, "channels.c").message.find("expected a mapping") == 0);
+}
+
+TEST_CASE("environment variables expand; unset ones are errors") {
+  std::string text = kGood;
+  text.replace(text.find("seq 1 10"), 8, "ls ${HOME_DIR} ${MISSING:-/tmp} $${X}");
+  auto l = load(text);
+  INFO(l.diag.format());
+  REQUIRE(l.cfg);
+  CHECK(std::any_cast<const FakeSourceCfg&>(l.cfg->sources[0].config).command ==
+        "ls /srv /tmp ${X}");
+  text = kGood;
+  text.replace(text.find("seq 1 10"), 8, "${NOPE}");
+  auto bad = load(text);
+  CHECK(!bad.cfg);
+  auto d = errorAt(bad, "sources.cmd.command");
+  CHECK(d.where.line == 7);
+  CHECK(d.message.find("environment variable NOPE is not set") == 0);
+}
+
+TEST_CASE("wiring: missing channel, channel nobody drains, group problems") {
+  auto l = load(R"(sources:
+  a: {type: exec, command: x, channels: [mem, memm]}
+channels:
+  mem: {type: memory}
+  idle: {type: memory}
+sinks:
+  o: {type: stdout, channel: mem}
+  p: {type: stdout, channel: idle}
+  q: {type: stdout, channel: nope}
+sink_groups:
+  g: {sinks: [o, p, zz]}
+  h: {sinks: [o]}
+)");
+  CHECK(!l.cfg);
+  auto d = errorAt(l, "sources.a.channels");
+  CHECK(d.message == "channel 'memm' is not defined in channels (did you mean 'mem'?)");
+  CHECK(errorAt(l, "sinks.q.channel").message.find("channel 'nope' is not defined") == 0);
+  std::vector<std::string> group_errors;
+  for (const auto& x : l.diag.all()) {
+    if (x.path == "sink_groups.g.sinks" || x.path == "sink_groups.h.sinks") {
+      group_errors.push_back(x.message);
+    }
+  }
+  REQUIRE(group_errors.size() == 3);
+  CHECK(group_errors[0].find("all sinks of a group drain one channel") == 0);
+  CHECK(group_errors[1].find("sink 'zz' is not defined") == 0);
+  CHECK(group_errors[2].find("already in group 'g'") != std::string::npos);
+
+  auto idle = load("channels:\n  c: {type: memory}\n");
+  CHECK(!idle.cfg);
+  auto e = errorAt(idle, "channels.c");
+  CHECK(e.where.line == 2);
+  CHECK(e.message.find("no sink drains this channel") == 0);
+}
+
+TEST_CASE("all errors are collected, not just the first") {
+  auto l = load(R"(agent: {drain_timeout: soon, nme: x}
+sources:
+  a: {type: exec, command: x, channels: [m], batch_size: 0}
+channels:
+  m: {type: memory, max_bytes: 1}
+sinks:
+  s: {type: stdout, channel: m, format: xml}
+)");
+  CHECK(!l.cfg);
+  size_t errors = 0;
+  for (const auto& d : l.diag.all()) errors += d.severity == Diagnostic::Severity::Error;
+  CHECK(errors == 5);
+}
+
+TEST_CASE("duplicate component names are refused") {
+  auto l = load(R"(channels:
+  m: {type: memory}
+  m: {type: memory}
+sinks:
+  s: {type: stdout, channel: m}
+)");
+  CHECK(!l.cfg);
+  CHECK(errorAt(l, "channels.m").where.line == 3);
+}
+
+TEST_CASE("findCycle finds a cycle and nothing in a DAG") {
+  CHECK(findCycle({{"a", "b"}, {"b", "c"}}).empty());
+  auto c = findCycle({{"a", "b"}, {"b", "c"}, {"c", "a"}, {"x", "a"}});
+  REQUIRE(c.size() == 4);
+  CHECK(c.front() == c.back());
+}
+
+TEST_CASE("size, duration and env parsers") {
+  std::string err;
+  CHECK(parseSize("64MiB", err) == 64ull << 20);
+  CHECK(parseSize("1KB", err) == 1000u);
+  CHECK(parseSize("8GiB", err) == 8ull << 30);
+  CHECK(parseSize("512", err) == 512u);
+  CHECK(!parseSize("", err));
+  CHECK(!parseSize("99999999999999999999", err));
+  CHECK(!parseSize("20000000TiB", err));
+  CHECK(parseDuration("250ms", err) == Millis(250));
+  CHECK(parseDuration("30s", err) == Millis(30'000));
+  CHECK(parseDuration("5m", err) == Millis(300'000));
+  CHECK(parseDuration("1h", err) == Millis(3'600'000));
+  CHECK(parseDuration("0", err) == Millis(0));
+  CHECK(!parseDuration("30", err));
+  CHECK(!parseDuration("3 weeks", err));
+  CHECK(formatSize(64ull << 20) == "64MiB");
+  CHECK(formatDuration(Millis(1500)) == "1500ms");
+  CHECK(!expandEnv("${unterminated", fakeEnv(), err));
+  CHECK(!expandEnv("${bad name}", fakeEnv(), err));
+  CHECK(expandEnv("${EMPTY:-d}", fakeEnv(), err) == "d");
+  CHECK(expandEnv("${EMPTY}", fakeEnv(), err) == "");
+}
+
+TEST_CASE("the schema lists every type with its options and the shared keys") {
+  auto text = renderSchema(testRegistry(), SchemaFormat::Text);
+  CHECK(text.find("sources.<name> (type: exec)") != std::string::npos);
+  CHECK(text.find("batch_timeout (duration, 1s, 1ms..1m)") != std::string::npos);
+  CHECK(text.find("channels (list, required)") != std::string::npos);
+  auto md = renderSchema(testRegistry(), SchemaFormat::Markdown);
+  CHECK(md.find("| `format` | text|json | text |") != std::string::npos);
+  auto json = renderSchema(testRegistry(), SchemaFormat::Json);
+  CHECK(json.find("\"key\": \"drain_timeout\"") != std::string::npos);
+}
+
+TEST_CASE("edit distance and nearest") {
+  CHECK(editDistance("kitten", "sitting") == 3);
+  CHECK(nearest("chanels", {"channels", "sinks"}) == "channels");
+  CHECK(nearest("zzzzzz", {"channels", "sinks"}).empty());
+}

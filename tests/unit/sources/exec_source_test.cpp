@@ -1,0 +1,543 @@
+#include "sources/exec/exec_source.h"
+
+#include <doctest/doctest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace sluice {
+namespace {
+
+// A real uv loop with bounded runs: every wait has a deadline, so a broken source fails the test
+// instead of hanging it.
+class TestLoop {
+ public:
+  TestLoop() {
+    uv_loop_init(&loop_);
+    uv_prepare_init(&loop_, &check_);
+    uv_timer_init(&loop_, &deadline_);
+    check_.data = this;
+    deadline_.data = this;
+  }
+  ~TestLoop() {
+    uv_close(reinterpret_cast<uv_handle_t*>(&check_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&deadline_), nullptr);
+    uv_run(&loop_, UV_RUN_NOWAIT);
+    CHECK_MESSAGE(uv_loop_close(&loop_) == 0, "handles left open on the loop");
+  }
+  uv_loop_t* get() { return &loop_; }
+
+  // Runs the loop until pred() holds (checked before the loop waits for I/O) or timeout_ms passed.
+  bool runUntil(std::function<bool()> pred, uint64_t timeout_ms = 10000) {
+    if (pred()) return true;
+    pred_ = std::move(pred);
+    uv_prepare_start(&check_, [](uv_prepare_t* c) {
+      auto* self = static_cast<TestLoop*>(c->data);
+      if (self->pred_()) uv_stop(c->loop);
+    });
+    uv_timer_start(
+        &deadline_, [](uv_timer_t* t) { uv_stop(t->loop); }, timeout_ms, 0);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_prepare_stop(&check_);
+    uv_timer_stop(&deadline_);
+    bool ok = pred_();
+    pred_ = nullptr;
+    return ok;
+  }
+  // Runs the loop for a fixed window (to show that something does NOT happen).
+  void runFor(uint64_t ms) {
+    runUntil([] { return false; }, ms);
+  }
+
+ private:
+  uv_loop_t loop_{};
+  uv_prepare_t check_{};
+  uv_timer_t deadline_{};
+  std::function<bool()> pred_;
+};
+
+// Collects accepted batches; can refuse with Full, and then resume the source from a timer.
+class TestContext final : public SourceContext {
+ public:
+  explicit TestContext(uv_loop_t* loop) : loop_(loop), metrics_("SOURCE", name_) {
+    uv_timer_init(loop_, &resume_timer_);
+    resume_timer_.data = this;
+  }
+  ~TestContext() override {
+    uv_close(reinterpret_cast<uv_handle_t*>(&resume_timer_), nullptr);
+    uv_run(loop_, UV_RUN_NOWAIT);
+  }
+
+  uv_loop_t* loop() override { return loop_; }
+  MetricSet& metrics() override { return metrics_; }
+  const std::string& name() const override { return name_; }
+
+  OfferResult offer(Batch& batch) override {
+    ++offers;
+    bool flaky_refusal = refuse_every > 0 && offers % refuse_every == 0;
+    if (refuse || flaky_refusal) {
+      ++refused;
+      if (flaky_refusal && source != nullptr) {
+        // Room comes back later, from the loop, as a channel would signal it.
+        uv_timer_start(
+            &resume_timer_,
+            [](uv_timer_t* t) { static_cast<TestContext*>(t->data)->source->resume(); }, 1, 0);
+      }
+      return OfferResult::Full;
+    }
+    batch_sizes.push_back(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) bodies.emplace_back(batch[i].body());
+    batch.clear();
+    return OfferResult::Accepted;
+  }
+
+  uint64_t count(const std::string& counter) { return metrics_.counter(counter).value(); }
+
+  bool refuse = false;
+  uint64_t refuse_every = 0;  // refuse every n-th offer and resume 1ms later
+  Source* source = nullptr;
+  uint64_t offers = 0;
+  uint64_t refused = 0;
+  std::vector<std::string> bodies;
+  std::vector<size_t> batch_sizes;
+
+ private:
+  uv_loop_t* loop_;
+  std::string name_ = "exec_test";
+  MetricSet metrics_;
+  uv_timer_t resume_timer_{};
+};
+
+// Captures spdlog output as "level message" lines while alive.
+class LogCapture {
+ public:
+  LogCapture() : previous_(spdlog::default_logger()) {
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_st>(out_);
+    auto logger = std::make_shared<spdlog::logger>("exec_test_capture", sink);
+    logger->set_pattern("%l %v");
+    logger->set_level(spdlog::level::trace);
+    spdlog::set_default_logger(logger);
+  }
+  ~LogCapture() { spdlog::set_default_logger(previous_); }
+  bool contains(const std::string& s) const { return out_.str().find(s) != std::string::npos; }
+  std::string text() const { return out_.str(); }
+
+ private:
+  std::ostringstream out_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
+
+ExecConfig config(std::string command) {
+  ExecConfig c;
+  c.command = std::move(command);
+  c.restart = false;
+  c.restart_throttle = Millis(10);
+  return c;
+}
+
+std::vector<std::string> numbers(int from, int to) {
+  std::vector<std::string> out;
+  for (int i = from; i <= to; ++i) out.push_back(std::to_string(i));
+  return out;
+}
+
+// Stops the source and waits for done; returns how many times done was called.
+int stopAndWait(TestLoop& loop, Source& source) {
+  int done_calls = 0;
+  source.stop([&] { ++done_calls; });
+  CHECK(loop.runUntil([&] { return done_calls > 0; }));
+  loop.runFor(5);
+  return done_calls;
+}
+
+using Lines = std::vector<std::string>;
+
+TEST_CASE("exec: three lines, the last one unterminated") {
+  LogCapture log;
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecSource src(config("printf 'a\\nb\\nc'"));
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
+  CHECK(ctx.bodies == Lines{"a", "b", "c"});
+  CHECK(ctx.count("ProcessStartCount") == 1);
+  CHECK(ctx.count("BytesReadCount") == 5);
+  CHECK(log.contains("info exec source 'exec_test': pid"));
+  CHECK(log.contains("exited with status 0"));
+  // restart is off: the source stays finished.
+  loop.runFor(30);
+  CHECK(ctx.count("ProcessStartCount") == 1);
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
+TEST_CASE("exec: seq 1 100000 arrives complete, in order, in batches of batch_size") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("seq 1 100000");
+  c.batch_size = 1000;
+  c.batch_timeout = Millis(3600000);
+  ExecSource src(c);
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
+  CHECK(ctx.bodies.size() == 100000);
+  CHECK(ctx.bodies == numbers(1, 100000));
+  CHECK(ctx.batch_sizes == std::vector<size_t>(100, 1000));
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
+TEST_CASE("exec: a refusing channel pauses the child; resume delivers everything") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("seq 1 200000");  // 1288895 bytes: far more than the pipe holds
+  c.batch_size = 100;
+  ExecSource src(c);
+  ctx.refuse = true;
+  src.start(ctx);
+
+  // Given a channel that refuses, reading stops after the first refused batch...
+  CHECK(loop.runUntil([&] { return ctx.refused >= 1; }));
+  loop.runFor(200);
+  // ...so the source holds at most one read chunk, and the child is blocked on its pipe.
+  CHECK(ctx.refused == 1);
+  CHECK(ctx.bodies.empty());
+  CHECK(ctx.count("BytesReadCount") <= 64 * 1024);
+  CHECK(src.heldEvents() >= 100);
+  CHECK(src.heldEvents() <= 64 * 1024 / 2);
+  CHECK(ctx.count("ProcessExitCount") == 0);
+
+  // When room comes back, everything arrives, in order, exactly once.
+  ctx.refuse = false;
+  src.resume();
+  CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
+  CHECK(ctx.bodies.size() == 200000);
+  CHECK(ctx.bodies == numbers(1, 200000));
+  CHECK(*std::max_element(ctx.batch_sizes.begin(), ctx.batch_sizes.end()) <= 100);
+  CHECK(ctx.count("BytesReadCount") == 1288895);
+  CHECK(ctx.count("DroppedEventCount") == 0);
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
+TEST_CASE("exec: a channel that refuses every other offer loses and duplicates nothing") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("seq 1 50000");
+  c.batch_size = 64;
+  c.batch_timeout = Millis(1);  // partial batches also go through the parked path
+  ExecSource src(c);
+  ctx.refuse_every = 2;
+  ctx.source = &src;
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
+  CHECK(ctx.refused > 10);
+  CHECK(ctx.bodies == numbers(1, 50000));
+  CHECK(*std::max_element(ctx.batch_sizes.begin(), ctx.batch_sizes.end()) <= 64);
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
+TEST_CASE("exec: restart runs the command again after the throttle") {
+  LogCapture log;
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("echo x");
+  c.restart = true;
+  c.restart_throttle = Millis(10);
+  ExecSource src(c);
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.bodies.size() >= 3; }));
+  CHECK(ctx.count("ProcessStartCount") >= 3);
+  CHECK(ctx.count("ProcessExitCount") >= 2);
+  CHECK(std::all_of(ctx.bodies.begin(), ctx.bodies.end(), [](auto& b) { return b == "x"; }));
+  CHECK(log.contains("running 'echo x' again in 10ms"));
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
+TEST_CASE("exec: stop terminates a running child and calls done once") {
+  LogCapture log;
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("sleep 60");
+  c.restart = true;
+  ExecSource src(c);
+  src.start(ctx);
+  CHECK(ctx.count("ProcessStartCount") == 1);
+  loop.runFor(20);
+  CHECK(ctx.count("ProcessExitCount") == 0);
+  // SIGKILL only comes after 5s: a prompt done proves SIGTERM did the job.
+  int done_calls = 0;
+  src.stop([&] { ++done_calls; });
+  CHECK(loop.runUntil([&] { return done_calls > 0; }, 3000));
+  loop.runFor(20);
+  CHECK(done_calls == 1);
+  CHECK(ctx.count("ProcessExitCount") == 1);
+  CHECK(ctx.count("ProcessStartCount") == 1);  // no restart after stop
+  CHECK(log.contains("ended by signal 15 at stop"));
+}
+
+TEST_CASE("exec: a child that ignores SIGTERM gets SIGKILL after the grace period") {
+  LogCapture log;
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  // An ignored signal stays ignored across exec, so sleep ignores SIGTERM too.
+  ExecSource src(config("trap '' TERM; sleep 60"));
+  src.setKillGrace(Millis(50));
+  src.start(ctx);
+  loop.runFor(20);
+  int done_calls = 0;
+  src.stop([&] { ++done_calls; });
+  CHECK(loop.runUntil([&] { return done_calls > 0; }, 3000));
+  CHECK(done_calls == 1);
+  CHECK(log.contains("still running after SIGTERM; sending SIGKILL"));
+  CHECK(log.contains("ended by signal 9 at stop"));
+}
+
+TEST_CASE("exec: stop kills a whole shell pipeline") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecSource src(config("sleep 60 | cat; echo after"));
+  src.start(ctx);
+  loop.runFor(20);
+  int done_calls = 0;
+  src.stop([&] { ++done_calls; });
+  CHECK(loop.runUntil([&] { return done_calls > 0; }, 3000));
+  CHECK(done_calls == 1);
+}
+
+TEST_CASE("exec: the source may be destroyed from done while `yes` floods it") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("yes");
+  c.batch_size = 500;
+  auto src = std::make_unique<ExecSource>(c);
+  src->start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.bodies.size() >= 5000; }));
+  int done_calls = 0;
+  src->stop([&] {
+    ++done_calls;
+    src.reset();
+  });
+  CHECK(loop.runUntil([&] { return done_calls > 0; }, 3000));
+  loop.runFor(20);
+  CHECK(done_calls == 1);
+  CHECK(src == nullptr);
+  CHECK(ctx.count("DroppedEventCount") == 0);
+  CHECK(std::all_of(ctx.bodies.begin(), ctx.bodies.end(), [](auto& b) { return b == "y"; }));
+}
+
+TEST_CASE("exec: events refused at stop are counted and logged as dropped") {
+  LogCapture log;
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("yes");
+  c.batch_size = 100;
+  ExecSource src(c);
+  ctx.refuse = true;
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.refused >= 1; }));
+  size_t held = src.heldEvents();
+  CHECK(held >= 100);
+  CHECK(stopAndWait(loop, src) == 1);
+  // The parked events, plus at most one unfinished line read so far.
+  CHECK(ctx.count("DroppedEventCount") >= held);
+  CHECK(ctx.count("DroppedEventCount") <= held + 1);
+  CHECK(log.contains("error exec source 'exec_test': dropping " +
+                     std::to_string(ctx.count("DroppedEventCount")) + " events at stop"));
+  CHECK(ctx.bodies.empty());
+}
+
+TEST_CASE("exec: stop offers the partial batch and the unfinished line") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("printf 'one\\ntw'; exec sleep 60");
+  c.batch_timeout = Millis(3600000);
+  ExecSource src(c);
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.count("BytesReadCount") == 6; }));
+  CHECK(ctx.bodies.empty());
+  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(ctx.bodies == Lines{"one", "tw"});
+  CHECK(ctx.count("DroppedEventCount") == 0);
+}
+
+TEST_CASE("exec: batch_timeout offers a partial batch while the child runs") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("echo a; exec sleep 60");
+  c.batch_timeout = Millis(10);
+  ExecSource src(c);
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.bodies.size() == 1; }));
+  CHECK(ctx.bodies == Lines{"a"});
+  CHECK(ctx.count("ProcessExitCount") == 0);
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
+TEST_CASE("exec: a command that cannot be spawned is logged and retried") {
+  LogCapture log;
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig c = config("/nonexistent/sluice-no-such-command --flag");
+  c.shell = false;
+  c.restart = false;  // spawn failures are retried anyway: the command never ran
+  ExecSource src(c);
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return src.spawnFailures() >= 3; }));
+  CHECK(ctx.count("ProcessStartCount") == 0);
+  CHECK(ctx.count("ProcessExitCount") == 0);
+  CHECK(
+      log.contains("error exec source 'exec_test': cannot run "
+                   "'/nonexistent/sluice-no-such-command --flag'"));
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
+TEST_CASE("exec: an unknown command through the shell exits 127 and its stderr is logged") {
+  LogCapture log;
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecSource src(config("sluice-no-such-command-xyz"));
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
+  CHECK(ctx.bodies.empty());
+  CHECK(log.contains("warning exec source 'exec_test': stderr: "));
+  CHECK(log.contains("sluice-no-such-command-xyz"));
+  CHECK(log.contains("warning exec source 'exec_test': pid"));
+  CHECK(log.contains("exited with status 127"));
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
+TEST_CASE("exec: stderr is logged per line, or discarded") {
+  for (bool log_stderr : {true, false}) {
+    LogCapture log;
+    TestLoop loop;
+    TestContext ctx(loop.get());
+    ExecConfig c = config("echo err1 >&2; echo out; printf 'err2' >&2");
+    c.log_stderr = log_stderr;
+    ExecSource src(c);
+    src.start(ctx);
+    CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
+    CHECK(ctx.bodies == Lines{"out"});
+    CHECK(log.contains("warning exec source 'exec_test': stderr: err1") == log_stderr);
+    CHECK(log.contains("warning exec source 'exec_test': stderr: err2") == log_stderr);
+    CHECK(stopAndWait(loop, src) == 1);
+  }
+}
+
+TEST_CASE("exec: long lines are split or truncated and counted") {
+  for (const char* policy : {"split", "truncate"}) {
+    TestLoop loop;
+    TestContext ctx(loop.get());
+    ExecConfig c = config("printf 'abcdefgh\\r\\n12\\r\\nabcdefghij'");
+    c.max_line_bytes = 4;
+    c.on_long_line = policy;
+    ExecSource src(c);
+    src.start(ctx);
+    CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
+    if (std::string(policy) == "split") {
+      CHECK(ctx.bodies == Lines{"abcd", "efgh", "12", "abcd", "efgh", "ij"});
+      CHECK(ctx.count("LinesSplitCount") == 3);
+      CHECK(ctx.count("LinesTruncatedCount") == 0);
+    } else {
+      CHECK(ctx.bodies == Lines{"abcd", "12", "abcd"});
+      CHECK(ctx.count("LinesSplitCount") == 0);
+      CHECK(ctx.count("LinesTruncatedCount") == 2);
+    }
+    CHECK(stopAndWait(loop, src) == 1);
+  }
+}
+
+TEST_CASE("exec: without shell the command is split on whitespace") {
+  ExecConfig c = config("  printf   %s\\n\tx y ");
+  c.shell = false;
+  CHECK(execArgv(c) == Lines{"printf", "%s\\n", "x", "y"});
+  c.shell = true;
+  CHECK(execArgv(c) == Lines{"/bin/sh", "-c", "  printf   %s\\n\tx y "});
+
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  ExecConfig d = config("printf %s\\n x 'y'");
+  d.shell = false;
+  ExecSource src(d);
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
+  CHECK(ctx.bodies == Lines{"x", "'y'"});  // no quoting without a shell
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
+TEST_CASE("exec: stop before start and destruction without start are safe") {
+  ExecSource never_started(config("true"));
+  int done_calls = 0;
+  never_started.stop([&] { ++done_calls; });
+  CHECK(done_calls == 1);
+  ExecSource untouched(config("true"));
+}
+
+TEST_CASE("exec: option table parses values, applies defaults and reports errors") {
+  Registry registry;
+  registerExecSource(registry);
+  const ComponentType* type = registry.find(Kind::Source, "exec");
+  REQUIRE(type != nullptr);
+  auto no_env = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+
+  {
+    Diagnostics diag;
+    ConfigReader reader(diag, no_env);
+    auto parsed = type->parse(YAML::Load("{command: 'tail -F /x'}"), reader, "sources.e");
+    CHECK_FALSE(diag.hasErrors());
+    ExecConfig cfg = std::any_cast<ExecConfig>(parsed);
+    CHECK(cfg.command == "tail -F /x");
+    CHECK(cfg.shell);
+    CHECK(cfg.batch_size == 1000);
+    CHECK(cfg.batch_timeout == Millis(1000));
+    CHECK(cfg.max_line_bytes == 1024 * 1024);
+    CHECK(cfg.on_long_line == "split");
+    CHECK(cfg.restart);
+    CHECK(cfg.restart_throttle == Millis(10000));
+    CHECK(cfg.log_stderr);
+    BuildContext build;
+    CHECK(type->make_source(parsed, build) != nullptr);
+    CHECK(type->equal(parsed, parsed));
+  }
+  {
+    Diagnostics diag;
+    ConfigReader reader(diag, no_env);
+    auto parsed =
+        type->parse(YAML::Load("{command: x, shell: false, batch_size: 5, batch_timeout: 250ms, "
+                               "max_line_bytes: 4KiB, on_long_line: truncate, restart: false, "
+                               "restart_throttle: 0, log_stderr: false}"),
+                    reader, "sources.e");
+    CHECK_FALSE(diag.hasErrors());
+    ExecConfig cfg = std::any_cast<ExecConfig>(parsed);
+    CHECK_FALSE(cfg.shell);
+    CHECK(cfg.batch_size == 5);
+    CHECK(cfg.batch_timeout == Millis(250));
+    CHECK(cfg.max_line_bytes == 4096);
+    CHECK(cfg.on_long_line == "truncate");
+    CHECK_FALSE(cfg.restart);
+    CHECK(cfg.restart_throttle == Millis(0));
+    CHECK_FALSE(cfg.log_stderr);
+  }
+  {
+    Diagnostics diag;
+    ConfigReader reader(diag, no_env);
+    type->parse(YAML::Load("{batch_size: 0, on_long_line: trunc, max_line_bytes: 65MiB, "
+                           "batch_timeout: 0}"),
+                reader, "sources.e");
+    std::string text = diag.format();
+    CHECK(diag.all().size() == 5);
+    CHECK(text.find("missing required key 'command'") != std::string::npos);
+    CHECK(text.find("sources.e.batch_size") != std::string::npos);
+    INFO(text);
+    CHECK(text.find("'trunc' is not one of split, truncate") != std::string::npos);
+    CHECK(text.find("sources.e.max_line_bytes") != std::string::npos);
+    CHECK(text.find("sources.e.batch_timeout") != std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace sluice
