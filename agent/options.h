@@ -45,6 +45,16 @@ class ConfigReader {
   std::optional<std::vector<std::string>> stringList(const YAML::Node& node,
                                                      const std::string& path);
   Diagnostics& diag() { return diag_; }
+  // How a value is quoted in a diagnostic: as the user wrote it. A value that came from the
+  // environment may be a secret, so its expansion is never echoed.
+  static std::string shown(const YAML::Node& node, const std::string& value) {
+    return node.Scalar() == value ? value : node.Scalar() + " (expanded from the environment)";
+  }
+  // A parser's error message, unless the value came from the environment (see shown()).
+  static std::string parseError(const YAML::Node& node, const std::string& value,
+                                const std::string& error, const std::string& what) {
+    return node.Scalar() == value ? error : shown(node, value) + " is not a valid " + what;
+  }
 
  private:
   Diagnostics& diag_;
@@ -107,7 +117,8 @@ class OptionTable {
           } else if (*v == "false" || *v == "no" || *v == "off") {
             c.*member = false;
           } else {
-            r.diag().error(locationOf(n), path, "expected true or false, got '" + *v + "'");
+            r.diag().error(locationOf(n), path,
+                           "expected true or false, got '" + r.shown(n, *v) + "'");
           }
         });
   }
@@ -122,11 +133,12 @@ class OptionTable {
           if (!v) return;
           uint64_t value = 0;
           if (!parseUnsigned(*v, value)) {
-            r.diag().error(locationOf(n), path, "expected a whole number, got '" + *v + "'");
+            r.diag().error(locationOf(n), path,
+                           "expected a whole number, got '" + r.shown(n, *v) + "'");
           } else if (value < min || value > max) {
             r.diag().error(locationOf(n), path,
                            "must be between " + std::to_string(min) + " and " +
-                               std::to_string(max) + ", got " + *v);
+                               std::to_string(max) + ", got " + r.shown(n, *v));
           } else {
             c.*member = value;
           }
@@ -146,11 +158,11 @@ class OptionTable {
           std::string error;
           auto value = parseSize(*v, error);
           if (!value) {
-            r.diag().error(locationOf(n), path, error);
+            r.diag().error(locationOf(n), path, r.parseError(n, *v, error, "size"));
           } else if (*value < min || *value > max) {
-            r.diag().error(
-                locationOf(n), path,
-                "must be between " + formatSize(min) + " and " + formatSize(max) + ", got " + *v);
+            r.diag().error(locationOf(n), path,
+                           "must be between " + formatSize(min) + " and " + formatSize(max) +
+                               ", got " + r.shown(n, *v));
           } else {
             c.*member = *value;
           }
@@ -170,11 +182,11 @@ class OptionTable {
           std::string error;
           auto value = parseDuration(*v, error);
           if (!value) {
-            r.diag().error(locationOf(n), path, error);
+            r.diag().error(locationOf(n), path, r.parseError(n, *v, error, "duration"));
           } else if (*value < min || *value > max) {
             r.diag().error(locationOf(n), path,
                            "must be between " + formatDuration(min) + " and " +
-                               formatDuration(max) + ", got " + *v);
+                               formatDuration(max) + ", got " + r.shown(n, *v));
           } else {
             c.*member = *value;
           }

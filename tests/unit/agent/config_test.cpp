@@ -323,3 +323,15 @@ TEST_CASE("edit distance and nearest") {
   CHECK(nearest("chanels", {"channels", "sinks"}) == "channels");
   CHECK(nearest("zzzzzz", {"channels", "sinks"}).empty());
 }
+
+TEST_CASE("a value from the environment is never echoed in a diagnostic") {
+  env_vars["SECRET_SIZE"] = "hunter2";
+  std::string text = kGood;
+  text.replace(text.find("max_bytes: 8MiB"), 15, "max_bytes: ${SECRET_SIZE}");
+  auto l = load(text);
+  CHECK(!l.cfg);
+  auto all = l.diag.format();
+  CHECK(all.find("hunter2") == std::string::npos);
+  CHECK(errorAt(l, "channels.mem.max_bytes").message ==
+        "${SECRET_SIZE} (expanded from the environment) is not a valid size");
+}
