@@ -207,7 +207,7 @@ class OptionTable {
               return;
             }
           }
-          std::string msg = "'" + *v + "' is not one of " + joinChoices(choices);
+          std::string msg = "'" + r.shown(n, *v) + "' is not one of " + joinChoices(choices);
           auto near = nearest(*v, choices);
           if (!near.empty()) msg += " (did you mean '" + near + "'?)";
           r.diag().error(locationOf(n), path, msg);
