@@ -10,6 +10,11 @@
 
 namespace sluice {
 
+namespace {
+// How long deliveries in flight may still take once the drain is over.
+constexpr Millis kHardStopGrace{10'000};
+}  // namespace
+
 // The context of one running source: it routes offers into the source's channels, all or none,
 // and turns "room again" signals of those channels into resume() calls.
 class SourceRunner : public SourceContext {
@@ -94,6 +99,8 @@ Agent::Agent(const Registry& registry, std::string config_path)
   uv_loop_init(&loop_);
   uv_timer_init(&loop_, &tick_);
   uv_timer_init(&loop_, &deferred_timer_);
+  uv_timer_init(&loop_, &hard_stop_);
+  hard_stop_.data = this;
   tick_.data = this;
   deferred_timer_.data = this;
   for (auto* sig : {&sigterm_, &sigint_, &sighup_}) {
@@ -133,8 +140,10 @@ void Agent::later(std::function<void()> fn) {
       0, 0);
 }
 
-ChannelPtr Agent::makeChannel(const ChannelSpec& spec) {
-  BuildContext ctx{spec.name, &loop_, &config_.agent, metrics_.set("CHANNEL", spec.name)};
+// Factories get the settings of the configuration being built; BuildContext::agent is only
+// valid during the call, so components copy what they need.
+ChannelPtr Agent::makeChannel(const ChannelSpec& spec, const Config& config) {
+  BuildContext ctx{spec.name, &loop_, &config.agent, metrics_.set("CHANNEL", spec.name)};
   return spec.type->make_channel(spec.config, ctx);
 }
 
@@ -151,9 +160,9 @@ std::unique_ptr<SinkGroup> Agent::makeGroup(const GroupSpec& spec, const Config&
   return std::make_unique<SinkGroup>(&loop_, spec, channel, std::move(members));
 }
 
-std::unique_ptr<SourceRunner> Agent::makeSource(const SourceSpec& spec) {
+std::unique_ptr<SourceRunner> Agent::makeSource(const SourceSpec& spec, const Config& config) {
   auto metrics = metrics_.set("SOURCE", spec.name);
-  BuildContext ctx{spec.name, &loop_, &config_.agent, metrics};
+  BuildContext ctx{spec.name, &loop_, &config.agent, metrics};
   SourcePtr source = spec.type->make_source(spec.config, ctx);
   if (!source) return nullptr;
   return std::make_unique<SourceRunner>(&loop_, spec, std::move(source), metrics);
@@ -165,11 +174,12 @@ std::vector<ChannelPtr> Agent::channelsFor(const SourceSpec& spec) const {
   return out;
 }
 
-void Agent::stopGroup(std::unique_ptr<SinkGroup> group, std::function<void()> then) {
-  auto* raw = group.release();
+template <class T>
+void Agent::stopThenDelete(std::unique_ptr<T> component, std::function<void()> then) {
+  auto* raw = component.release();
   ++pending_stops_;
   raw->stop([this, raw, then = std::move(then)] {
-    // The group may be inside its own call stack: destroy it from the loop, not from here.
+    // `done` may run inside the component's own call stack: destroy it from the loop instead.
     later([this, raw, then] {
       delete raw;
       --pending_stops_;
@@ -178,22 +188,88 @@ void Agent::stopGroup(std::unique_ptr<SinkGroup> group, std::function<void()> th
   });
 }
 
+void Agent::stopGroup(std::unique_ptr<SinkGroup> group, std::function<void()> then) {
+  stopThenDelete(std::move(group), std::move(then));
+}
+
 void Agent::stopSource(std::unique_ptr<SourceRunner> runner, std::function<void()> then) {
-  auto* raw = runner.release();
-  ++pending_stops_;
-  raw->stop([this, raw, then = std::move(then)] {
-    later([this, raw, then] {
-      delete raw;
-      --pending_stops_;
-      if (then) then();
+  stopThenDelete(std::move(runner), std::move(then));
+}
+
+template <class Entry, class T>
+void Agent::replace(std::map<std::string, Entry>& slots, const std::string& name,
+                    std::unique_ptr<T> fresh) {
+  auto& entry = slots[name];
+  entry.wanted = true;
+  entry.pending = std::move(fresh);  // a pending one never started: dropping it is safe
+  auto promote = [this, &slots, name] {
+    if constexpr (std::is_same_v<Entry, GroupEntry>) {
+      promoteGroup(name);
+    } else {
+      promoteSource(name);
+    }
+  };
+  if (entry.running) {
+    ++entry.stopping;
+    stopThenDelete(std::move(entry.running), [this, &slots, name, promote] {
+      auto it = slots.find(name);
+      if (it == slots.end()) return;
+      --it->second.stopping;
+      promote();
     });
+  } else if (entry.stopping == 0) {
+    later(promote);
+  }
+}
+
+template <class Entry>
+void Agent::retire(std::map<std::string, Entry>& slots, const std::string& name) {
+  auto it = slots.find(name);
+  if (it == slots.end()) return;
+  auto& entry = it->second;
+  entry.wanted = false;
+  entry.pending.reset();
+  if (!entry.running) {
+    if (entry.stopping == 0) slots.erase(it);
+    return;
+  }
+  ++entry.stopping;
+  ChannelPtr channel;
+  if constexpr (std::is_same_v<Entry, GroupEntry>) channel = entry.channel;
+  stopThenDelete(std::move(entry.running), [this, &slots, name, channel] {
+    auto it = slots.find(name);
+    if (it == slots.end()) return;
+    if (--it->second.stopping > 0 || it->second.wanted) return;
+    // Gone for good: a sink group's cursor goes with it, so it holds no data back.
+    if (channel) channel->dropCursor(name);
+    slots.erase(it);
   });
+}
+
+void Agent::promoteGroup(const std::string& name) {
+  auto it = groups_.find(name);
+  if (it == groups_.end() || finishing_) return;
+  auto& entry = it->second;
+  if (entry.stopping > 0 || !entry.pending || entry.running) return;
+  entry.running = std::move(entry.pending);
+  entry.running->start();
+}
+
+void Agent::promoteSource(const std::string& name) {
+  auto it = sources_.find(name);
+  if (it == sources_.end() || stopping_) return;
+  auto& entry = it->second;
+  if (entry.stopping > 0 || !entry.pending || entry.running) return;
+  entry.running = std::move(entry.pending);
+  entry.running->setChannels(channelsFor(entry.running->spec()));
+  entry.running->start();
 }
 
 bool Agent::apply(const Config& cfg) {
   // Phase 1: build everything new, touching nothing that runs. A failure leaves all as it was.
   std::map<std::string, ChannelEntry> next_channels;
   std::vector<std::string> replaced_channels;
+  std::vector<std::string> reconfigured_channels;
   for (const auto& spec : cfg.channels) {
     auto old = channels_.find(spec.name);
     if (old != channels_.end() && old->second.spec == spec) {
@@ -201,13 +277,12 @@ bool Agent::apply(const Config& cfg) {
       continue;
     }
     if (old != channels_.end() && old->second.spec.type == spec.type &&
-        spec.type->reconfigure_channel &&
-        spec.type->reconfigure_channel(*old->second.channel, spec.config)) {
-      spdlog::info("channel {}: reconfigured in place", spec.name);
+        spec.type->reconfigure_channel) {
+      reconfigured_channels.push_back(spec.name);
       next_channels[spec.name] = {spec, old->second.channel};
       continue;
     }
-    auto channel = makeChannel(spec);
+    auto channel = makeChannel(spec, cfg);
     if (!channel) {
       spdlog::error("channel {}: could not be created", spec.name);
       return false;
@@ -222,21 +297,19 @@ bool Agent::apply(const Config& cfg) {
   struct GroupPlan {
     GroupSpec spec;
     std::vector<SinkSpec> sinks;
-    bool keep = false;
-    std::unique_ptr<SinkGroup> fresh;
+    ChannelPtr channel;
+    std::unique_ptr<SinkGroup> fresh;  // null: keep what runs
   };
   std::vector<GroupPlan> group_plans;
   for (const auto& g : cfg.groups) {
-    GroupPlan plan{g, {}, false, nullptr};
+    GroupPlan plan{g, {}, nullptr, nullptr};
     for (const auto& s : g.common.sinks) plan.sinks.push_back(*cfg.sink(s));
-    const auto& channel_name = plan.sinks.front().common.channel;
-    const auto& channel = next_channels.at(channel_name).channel;
+    plan.channel = next_channels.at(plan.sinks.front().common.channel).channel;
     auto old = groups_.find(g.name);
-    if (old != groups_.end() && old->second.spec == g && old->second.sinks == plan.sinks &&
-        old->second.group->channel() == channel) {
-      plan.keep = true;
-    } else {
-      plan.fresh = makeGroup(g, cfg, channel);
+    bool same = old != groups_.end() && old->second.wanted && old->second.spec == g &&
+                old->second.sinks == plan.sinks && old->second.channel == plan.channel;
+    if (!same) {
+      plan.fresh = makeGroup(g, cfg, plan.channel);
       if (!plan.fresh) {
         spdlog::error("sink group {}: a sink could not be created", g.name);
         return false;
@@ -245,35 +318,40 @@ bool Agent::apply(const Config& cfg) {
     group_plans.push_back(std::move(plan));
   }
 
-  std::vector<std::unique_ptr<SourceRunner>> fresh_sources;
-  std::vector<std::string> kept_sources;
+  std::map<std::string, std::unique_ptr<SourceRunner>> fresh_sources;
   for (const auto& s : cfg.sources) {
     auto old = sources_.find(s.name);
-    if (old != sources_.end() && old->second->spec() == s) {
-      kept_sources.push_back(s.name);
-      continue;
-    }
-    auto runner = makeSource(s);
+    if (old != sources_.end() && old->second.wanted && old->second.spec == s) continue;
+    auto runner = makeSource(s, cfg);
     if (!runner) {
       spdlog::error("source {}: could not be created", s.name);
       return false;
     }
-    fresh_sources.push_back(std::move(runner));
+    fresh_sources[s.name] = std::move(runner);
   }
 
   // Phase 2: switch over.
   config_ = cfg;
+  for (const auto& name : reconfigured_channels) {
+    const auto& entry = next_channels.at(name);
+    if (entry.spec.type->reconfigure_channel(*entry.channel, entry.spec.config)) {
+      spdlog::info("channel {}: reconfigured in place", name);
+    } else {
+      spdlog::error(
+          "channel {}: the new settings could not be applied in place; it keeps its "
+          "old ones until restart",
+          name);
+    }
+  }
   // Retire replaced channels together with the groups draining them: they keep draining what
-  // the channel holds; nothing new is put into it.
+  // the channel holds; nothing new is put into it. Their replacements start at once: they read
+  // another channel, so they share no cursor with the retiring ones.
   for (const auto& name : replaced_channels) {
     Retiring r{channels_.at(name).channel, name, {}};
-    for (auto it = groups_.begin(); it != groups_.end();) {
-      if (it->second.group->channel() == r.channel) {
-        r.groups.push_back(std::move(it->second.group));
-        it = groups_.erase(it);
-      } else {
-        ++it;
-      }
+    for (auto& [group_name, entry] : groups_) {
+      if (entry.channel != r.channel) continue;
+      if (entry.running) r.groups.push_back(std::move(entry.running));
+      entry.pending.reset();
     }
     spdlog::info("channel {}: retired; draining {} events held before the reload", name,
                  r.channel->stats().events);
@@ -281,71 +359,49 @@ bool Agent::apply(const Config& cfg) {
   }
   channels_ = std::move(next_channels);
 
-  std::map<std::string, GroupEntry> next_groups;
+  std::vector<std::string> wanted_groups;
   for (auto& plan : group_plans) {
-    if (plan.keep) {
-      next_groups[plan.spec.name] = std::move(groups_.at(plan.spec.name));
-      groups_.erase(plan.spec.name);
-      continue;
-    }
-    auto* fresh = plan.fresh.release();
-    next_groups[plan.spec.name] = {plan.spec, plan.sinks, nullptr};
-    auto old = groups_.find(plan.spec.name);
-    auto start_fresh = [this, fresh, name = plan.spec.name] {
-      std::unique_ptr<SinkGroup> owned(fresh);
-      auto it = groups_.find(name);
-      if (it == groups_.end() || stopping_) return;  // replaced again or shutting down
-      it->second.group = std::move(owned);
-      it->second.group->start();
-    };
-    if (old != groups_.end() && old->second.group) {
-      // The new group reads the same cursor: let the old one finish and roll back first.
-      stopGroup(std::move(old->second.group), start_fresh);
-      groups_.erase(old);
-    } else {
-      later(start_fresh);
-    }
+    wanted_groups.push_back(plan.spec.name);
+    if (!plan.fresh) continue;
+    replace(groups_, plan.spec.name, std::move(plan.fresh));
+    auto& entry = groups_.at(plan.spec.name);
+    entry.spec = plan.spec;
+    entry.sinks = plan.sinks;
+    entry.channel = plan.channel;
   }
-  // Groups that are gone: stop them and forget their cursors.
+  std::vector<std::string> gone;
   for (auto& [name, entry] : groups_) {
-    if (!entry.group) continue;
-    ChannelPtr channel = entry.group->channel();
-    stopGroup(std::move(entry.group), [channel, name = name, this] {
-      if (!groups_.count(name)) channel->dropCursor(name);
-    });
+    if (std::find(wanted_groups.begin(), wanted_groups.end(), name) == wanted_groups.end()) {
+      gone.push_back(name);
+    }
   }
-  groups_ = std::move(next_groups);
+  for (const auto& name : gone) retire(groups_, name);
 
-  for (auto it = sources_.begin(); it != sources_.end();) {
-    bool kept =
-        std::find(kept_sources.begin(), kept_sources.end(), it->first) != kept_sources.end();
-    if (kept) {
-      it->second->setChannels(channelsFor(it->second->spec()));
-      ++it;
+  gone.clear();
+  for (auto& [name, entry] : sources_) {
+    if (!cfg.sources.empty() && std::any_of(cfg.sources.begin(), cfg.sources.end(),
+                                            [&](const SourceSpec& s) { return s.name == name; })) {
       continue;
     }
-    stopSource(std::move(it->second), nullptr);
-    it = sources_.erase(it);
+    gone.push_back(name);
   }
-  for (auto& runner : fresh_sources) {
-    auto* raw = runner.release();
-    later([this, raw] {
-      std::unique_ptr<SourceRunner> owned(raw);
-      if (stopping_) return;
-      // A source with the same name may still be stopping (it may hold a port): start after.
-      auto name = owned->spec().name;
-      owned->setChannels(channelsFor(owned->spec()));
-      auto& slot = sources_[name];
-      slot = std::move(owned);
-      slot->start();
-    });
+  for (const auto& name : gone) retire(sources_, name);
+  for (auto& [name, runner] : fresh_sources) {
+    replace(sources_, name, std::move(runner));
+    sources_.at(name).spec = *std::find_if(cfg.sources.begin(), cfg.sources.end(),
+                                           [&](const SourceSpec& s) { return s.name == name; });
   }
-  for (auto& [name, runner] : sources_) runner->poke();
+  for (auto& [name, entry] : sources_) {
+    if (!entry.running) continue;
+    entry.running->setChannels(channelsFor(entry.running->spec()));
+    entry.running->poke();
+  }
 
   std::vector<std::pair<std::string, std::string>> keep;
   for (const auto& s : cfg.sources) keep.push_back({"SOURCE", s.name});
   for (const auto& c : cfg.channels) keep.push_back({"CHANNEL", c.name});
   for (const auto& s : cfg.sinks) keep.push_back({"SINK", s.name});
+  keep.push_back({"AGENT", "reload"});
   for (const auto& r : retiring_) {
     keep.push_back({"CHANNEL", r.name});
     for (const auto& g : r.groups) {
@@ -381,6 +437,7 @@ void Agent::reload() {
       spdlog::error("{}", line);
     }
   }
+  std::string old_status = config_.agent.status;
   if (!cfg) {
     spdlog::error("reload refused: the new configuration has errors; the running one is kept");
     metrics_.set("AGENT", "reload").get()->counter("ReloadFailedCount").inc();
@@ -388,7 +445,9 @@ void Agent::reload() {
     spdlog::error("reload refused: a component could not be created; the running one is kept");
     metrics_.set("AGENT", "reload").get()->counter("ReloadFailedCount").inc();
   } else {
-    if (cfg->agent.status != config_.agent.status || !status_) startStatus();
+    if (cfg->agent.status != old_status || (!status_ && !cfg->agent.status.empty())) {
+      startStatus();
+    }
     metrics_.set("AGENT", "reload").get()->counter("ReloadSuccessCount").inc();
     spdlog::info("configuration reloaded");
   }
@@ -413,7 +472,12 @@ void Agent::checkRetiring() {
 uint64_t Agent::pendingEvents() const {
   uint64_t n = 0;
   for (const auto& [name, g] : groups_) {
-    if (g.group) n += g.group->lag();
+    // A replacement waiting for its predecessor to stop still owes its cursor's lag.
+    if (g.running) {
+      n += g.running->lag();
+    } else if (g.wanted && g.channel) {
+      n += g.channel->cursor(name).lag();
+    }
   }
   for (const auto& r : retiring_) {
     for (const auto& g : r.groups) n += g->lag();
@@ -427,8 +491,10 @@ void Agent::beginShutdown() {
   drain_deadline_ms_ = uv_now(&loop_) + static_cast<uint64_t>(config_.agent.drain_timeout.count());
   spdlog::info("stopping: sources first, then draining channels (at most {})",
                formatDuration(config_.agent.drain_timeout));
-  for (auto& [name, runner] : sources_) stopSource(std::move(runner), nullptr);
-  sources_.clear();
+  for (auto& [name, entry] : sources_) {
+    entry.pending.reset();
+    if (entry.running) stopSource(std::move(entry.running), nullptr);
+  }
   checkDrained();
 }
 
@@ -447,13 +513,29 @@ void Agent::checkDrained() {
 }
 
 void Agent::finishShutdown() {
+  finishing_ = true;
   uv_timer_stop(&tick_);
   uv_signal_stop(&sighup_);
+  // Deliveries in flight get a bounded time to answer; a destination that never answers must
+  // not keep the process from exiting (systemd would SIGKILL it, mid-write).
+  uv_timer_start(
+      &hard_stop_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Agent*>(t->data);
+        spdlog::error(
+            "{} sink groups still had deliveries unanswered {} after the drain; "
+            "exiting without them",
+            self->pending_stops_, formatDuration(kHardStopGrace));
+        spdlog::default_logger()->flush();
+        _exit(1);
+      },
+      static_cast<uint64_t>(kHardStopGrace.count()), 0);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&hard_stop_));
   std::vector<std::unique_ptr<SinkGroup>> all;
   for (auto& [name, g] : groups_) {
-    if (g.group) all.push_back(std::move(g.group));
+    g.pending.reset();
+    if (g.running) all.push_back(std::move(g.running));
   }
-  groups_.clear();
   for (auto& r : retiring_) {
     for (auto& g : r.groups) all.push_back(std::move(g));
   }
@@ -465,7 +547,7 @@ void Agent::finishShutdown() {
     auto close_rest = [this] {
       uv_signal_stop(&sigterm_);
       uv_signal_stop(&sigint_);
-      uv_timer_stop(&deferred_timer_);
+      uv_timer_stop(&hard_stop_);
       spdlog::info("stopped");
     };
     if (status_) {
@@ -506,7 +588,9 @@ std::string Agent::healthJson() const {
   }
   auto& groups = j["sink_groups"] = nlohmann::ordered_json::object();
   for (const auto& [name, g] : groups_) {
-    if (g.group) groups[name] = {{"lag", g.group->lag()}, {"in_flight", g.group->inFlight()}};
+    if (g.running) {
+      groups[name] = {{"lag", g.running->lag()}, {"in_flight", g.running->inFlight()}};
+    }
   }
   return j.dump(2) + "\n";
 }

@@ -48,10 +48,23 @@ class Agent {
     ChannelSpec spec;
     ChannelPtr channel;
   };
-  struct GroupEntry {
+  // One named sink group or source across reloads. At most one instance runs; a replacement
+  // waits in `pending` until every older instance of the name has stopped, so two instances
+  // never read one cursor or bind one port at the same time.
+  template <class T>
+  struct Slot {
+    std::unique_ptr<T> running;
+    std::unique_ptr<T> pending;
+    int stopping = 0;    // older instances still stopping
+    bool wanted = true;  // false once the name left the configuration
+  };
+  struct GroupEntry : Slot<SinkGroup> {
     GroupSpec spec;
     std::vector<SinkSpec> sinks;
-    std::unique_ptr<SinkGroup> group;
+    ChannelPtr channel;
+  };
+  struct SourceEntry : Slot<SourceRunner> {
+    SourceSpec spec;
   };
   struct Retiring {
     ChannelPtr channel;
@@ -60,13 +73,26 @@ class Agent {
   };
 
   bool apply(const Config& config);
-  ChannelPtr makeChannel(const ChannelSpec& spec);
+  ChannelPtr makeChannel(const ChannelSpec& spec, const Config& config);
   std::unique_ptr<SinkGroup> makeGroup(const GroupSpec& spec, const Config& config,
                                        const ChannelPtr& channel);
-  std::unique_ptr<SourceRunner> makeSource(const SourceSpec& spec);
+  std::unique_ptr<SourceRunner> makeSource(const SourceSpec& spec, const Config& config);
+  // Puts `fresh` in the slot: the running instance (if any) is stopped first.
+  template <class Entry, class T>
+  void replace(std::map<std::string, Entry>& slots, const std::string& name,
+               std::unique_ptr<T> fresh);
+  // Stops and forgets the instances of a name that left the configuration.
+  template <class Entry>
+  void retire(std::map<std::string, Entry>& slots, const std::string& name);
+  // Starts the pending instance once nothing older of its name is still stopping.
+  void promoteGroup(const std::string& name);
+  void promoteSource(const std::string& name);
   std::vector<ChannelPtr> channelsFor(const SourceSpec& spec) const;
   void stopGroup(std::unique_ptr<SinkGroup> group, std::function<void()> then);
   void stopSource(std::unique_ptr<SourceRunner> runner, std::function<void()> then);
+  // Stops a component (it calls back when done), then deletes it from the loop and runs `then`.
+  template <class T>
+  void stopThenDelete(std::unique_ptr<T> component, std::function<void()> then);
 
   void reload();
   void beginShutdown();
@@ -87,17 +113,19 @@ class Agent {
   MetricsRegistry metrics_;
   std::map<std::string, ChannelEntry> channels_;
   std::map<std::string, GroupEntry> groups_;
-  std::map<std::string, std::unique_ptr<SourceRunner>> sources_;
+  std::map<std::string, SourceEntry> sources_;
   std::vector<Retiring> retiring_;
 
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};
   uv_timer_t tick_{};  // drain and retirement checks
   uv_timer_t deferred_timer_{};
+  uv_timer_t hard_stop_{};  // bounds the wait for deliveries in flight after the drain
   std::vector<std::function<void()>> deferred_;
   std::unique_ptr<StatusServer> status_;
   std::unique_ptr<SystemdNotifier> notifier_;
 
-  bool stopping_ = false;
+  bool stopping_ = false;   // SIGTERM received: sources stopped, draining
+  bool finishing_ = false;  // drain over: sink groups stopping, nothing new starts
   uint64_t drain_deadline_ms_ = 0;
   size_t pending_stops_ = 0;
   int exit_code_ = 0;

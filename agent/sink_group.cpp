@@ -15,7 +15,6 @@ SinkGroup::SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel,
     : loop_(loop),
       spec_(std::move(spec)),
       channel_(std::move(channel)),
-      cursor_(&channel_->cursor(spec_.name)),
       rng_(static_cast<unsigned>(std::random_device{}())) {
   for (auto& m : members) {
     auto st = std::make_unique<MemberState>();
@@ -48,13 +47,16 @@ SinkGroup::~SinkGroup() {
   *alive_ = false;
   in_flight_.clear();  // any take still here rolls back
   for (auto& st : members_) st->m.metrics->clearGauges(this);
-  cursor_->setOnReady(nullptr);
+  if (cursor_) cursor_->setOnReady(nullptr);
   timer_->data = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(timer_),
            [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
 }
 
 void SinkGroup::start() {
+  // The cursor is opened here, not at construction: a group built for a reload that is then
+  // refused must not leave a cursor behind that holds the channel's data forever.
+  cursor_ = &channel_->cursor(spec_.name);
   running_ = true;
   for (auto& st : members_) st->m.sink->start(*st);
   cursor_->setOnReady([this] { schedulePump(); });
@@ -185,7 +187,7 @@ void SinkGroup::stop(std::function<void()> done) {
   stopping_ = true;
   stop_done_ = std::move(done);
   uv_timer_stop(timer_);
-  cursor_->setOnReady(nullptr);
+  if (cursor_) cursor_->setOnReady(nullptr);
   maybeFinishStop();
 }
 

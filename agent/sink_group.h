@@ -49,7 +49,7 @@ class SinkGroup {
   const std::string& name() const { return spec_.name; }
   const GroupSpec& spec() const { return spec_; }
   const ChannelPtr& channel() const { return channel_; }
-  uint64_t lag() const { return cursor_->lag(); }
+  uint64_t lag() const { return cursor_ ? cursor_->lag() : channel_->cursor(spec_.name).lag(); }
   size_t inFlight() const { return in_flight_.size(); }
   const std::vector<std::unique_ptr<MemberState>>& members() const { return members_; }
 
@@ -69,7 +69,7 @@ class SinkGroup {
   uv_loop_t* loop_;
   GroupSpec spec_;
   ChannelPtr channel_;
-  Cursor* cursor_;
+  Cursor* cursor_ = nullptr;  // opened by start()
   std::vector<std::unique_ptr<MemberState>> members_;
   std::unordered_map<uint64_t, std::unique_ptr<InFlight>> in_flight_;
   uint64_t next_id_ = 1;

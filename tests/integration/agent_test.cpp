@@ -233,3 +233,78 @@ TEST_CASE("SIGHUP applied mid-stream loses and repeats nothing that was buffered
   }
   CHECK(agent.out().find("{\"timestamp\"") != std::string::npos);
 }
+
+TEST_CASE("reloads in quick succession while deliveries are in flight lose and repeat nothing") {
+  TempDir dir;
+  auto config = [](const std::string& format, const std::string& batch) {
+    return pipelineConfig("seq 1 200000", "",
+                          "    format: " + format + "\n    batch_size: " + batch + "\n");
+  };
+  writeFile(dir.file("a.yaml"), config("text", "100"));
+  Process agent({sluiceBinary(), "run", "-c", dir.file("a.yaml")}, dir.path(), {}, 1024);
+  REQUIRE(waitFor([&] { return std::filesystem::file_size(agent.outPath()) > 10000; }, 30s));
+  // Each reload replaces the sink group while the previous replacement may still be waiting
+  // for its predecessor's write to finish.
+  for (int i = 0; i < 4; ++i) {
+    writeFile(dir.file("a.yaml"), config(i % 2 ? "text" : "json", std::to_string(101 + i)));
+    agent.signal(SIGHUP);
+    REQUIRE(waitFor(
+        [&] {
+          size_t n = 0, pos = 0;
+          auto err = agent.err();
+          while ((pos = err.find("configuration reloaded", pos)) != std::string::npos) ++n, ++pos;
+          return n == static_cast<size_t>(i + 1);
+        },
+        10s));
+  }
+  REQUIRE(waitFor(
+      [&] {
+        auto out = agent.out();
+        return out.find("\n200000\n") != std::string::npos ||
+               out.find("\"body\":\"200000\"") != std::string::npos;
+      },
+      90s));
+  agent.signal(SIGTERM);
+  REQUIRE(agent.wait(30s) == 0);
+  std::vector<long> got;
+  for (const auto& line : splitLines(agent.out())) {
+    if (line.empty()) continue;
+    got.push_back(line[0] == '{' ? std::stol(nlohmann::json::parse(line)["body"].get<std::string>())
+                                 : std::stol(line));
+  }
+  REQUIRE(got.size() == 200000);
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] != static_cast<long>(i + 1)) FAIL("position " << i << " holds " << got[i]);
+  }
+  CHECK(agent.err().find("runtime error") == std::string::npos);
+}
+
+TEST_CASE("a reload that changes agent.status moves the status server") {
+  TempDir dir;
+  std::string base = pipelineConfig("while true; do echo x; sleep 0.05; done");
+  writeFile(dir.file("a.yaml"), base);
+  Process agent({sluiceBinary(), "run", "-c", dir.file("a.yaml")}, dir.path());
+  int first = 0;
+  REQUIRE(waitFor([&] { return (first = loggedStatusPort(agent)) != 0; }, 10s));
+  CHECK(httpGet("http://127.0.0.1:" + std::to_string(first) + "/health").status == 200);
+  std::string moved = base;
+  moved.replace(moved.find("status: 127.0.0.1:0"), 19, "status: :0");
+  writeFile(dir.file("a.yaml"), moved);
+  agent.signal(SIGHUP);
+  REQUIRE(waitFor([&] { return agent.err().find("configuration reloaded") != std::string::npos; },
+                  10s));
+  int second = 0;
+  REQUIRE(waitFor(
+      [&] {
+        auto err = agent.err();
+        auto pos = err.rfind("status server listening on :0 (port ");
+        if (pos == std::string::npos) return false;
+        second = std::stoi(err.substr(err.find("(port ", pos) + 6));
+        return second != 0;
+      },
+      10s));
+  CHECK(httpGet("http://127.0.0.1:" + std::to_string(second) + "/health").status == 200);
+  CHECK(httpGet("http://127.0.0.1:" + std::to_string(first) + "/health").status == 0);
+  agent.signal(SIGTERM);
+  CHECK(agent.wait(30s) == 0);
+}
