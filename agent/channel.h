@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -93,6 +94,16 @@ class Cursor {
   }
 };
 
+// What a put may carry besides the batch.
+struct PutOptions {
+  // Opaque source positions (a file's identity -> offset, say) that a durable channel writes in
+  // the same durable write as the batch, so a source after a crash resumes exactly after the
+  // last line the channel holds: no loss, no duplicate. Later values of a key replace earlier.
+  std::vector<std::pair<std::string, std::string>> positions;
+  // Runs on the loop thread once the batch is durable; never inside put() itself.
+  std::function<void()> on_durable;
+};
+
 struct ChannelStats {
   uint64_t events = 0;
   uint64_t bytes = 0;
@@ -107,8 +118,12 @@ class Channel {
   // True when a put of this many events and bytes would be accepted now. Puts into several
   // channels are all-or-nothing: the router asks every required channel first, then puts.
   virtual bool hasRoom(size_t events, size_t bytes) const = 0;
-  // Appends a frozen batch. Returns false (and keeps nothing) when there is no room.
-  virtual bool put(std::shared_ptr<const Batch> batch) = 0;
+  // Appends a frozen batch. Returns false (and keeps nothing) when there is no room. Events
+  // become visible to cursors once they are durable (at once for a memory channel).
+  virtual bool put(std::shared_ptr<const Batch> batch, PutOptions options = {}) = 0;
+  // The latest durable source positions, by key; empty for a channel that keeps none. A file
+  // source reads its positions back from here at start-up.
+  virtual std::map<std::string, std::string> positions() const { return {}; }
   // Registers fn to be called on the loop thread whenever room frees up. Returns a handle for
   // removeSpaceListener.
   virtual uint64_t addSpaceListener(std::function<void()> fn) = 0;

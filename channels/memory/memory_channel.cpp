@@ -210,8 +210,16 @@ bool MemoryChannel::hasRoom(size_t events, size_t bytes) const {
   return false;
 }
 
-bool MemoryChannel::put(std::shared_ptr<const Batch> batch) {
-  if (!batch || batch->empty()) return true;
+bool MemoryChannel::put(std::shared_ptr<const Batch> batch, PutOptions options) {
+  // Positions mean nothing in memory: they would not survive the crash they exist for.
+  auto accepted = [&] {
+    if (options.on_durable) {
+      durable_queue_.push_back(std::move(options.on_durable));
+      schedule();
+    }
+    return true;
+  };
+  if (!batch || batch->empty()) return accepted();
   size_t n = batch->size();
   put_attempt_->inc(n);
   if (!hasRoom(n, batch->bytes())) {
@@ -228,7 +236,7 @@ bool MemoryChannel::put(std::shared_ptr<const Batch> batch) {
   for (auto& [name, c] : cursors_) {
     if (c->wants_ready_) queueReady(c);
   }
-  return true;
+  return accepted();
 }
 
 uint64_t MemoryChannel::addSpaceListener(std::function<void()> fn) {
@@ -420,6 +428,13 @@ void MemoryChannel::dispatch() {
   // A callback may drop cursors, remove listeners or even destroy this channel.
   bool destroyed = false;
   destroyed_ = &destroyed;
+
+  auto durable = std::move(durable_queue_);
+  durable_queue_.clear();
+  for (auto& fn : durable) {
+    fn();
+    if (destroyed) return;
+  }
 
   firing_ready_.swap(ready_queue_);
   for (size_t i = 0; i < firing_ready_.size(); ++i) {

@@ -128,7 +128,7 @@ class MemoryChannel final : public Channel {
   MemoryChannel& operator=(const MemoryChannel&) = delete;
 
   bool hasRoom(size_t events, size_t bytes) const override;
-  bool put(std::shared_ptr<const Batch> batch) override;
+  bool put(std::shared_ptr<const Batch> batch, PutOptions options = {}) override;
   uint64_t addSpaceListener(std::function<void()> fn) override;
   void removeSpaceListener(uint64_t handle) override;
   Cursor& cursor(const std::string& consumer) override;
@@ -173,6 +173,7 @@ class MemoryChannel final : public Channel {
   void schedule();
   static void onIdle(uv_idle_t* handle);
   void dispatch();
+  std::vector<std::function<void()>> durable_queue_;  // on_durable callbacks, deferred
   double fillPercentage() const;
 
   MemoryChannelConfig config_;

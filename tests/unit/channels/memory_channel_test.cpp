@@ -653,3 +653,21 @@ TEST_CASE("memory channel: random operations agree with a model") {
 
 }  // namespace
 }  // namespace sluice
+
+namespace sluice {
+TEST_CASE("memory: on_durable runs from the loop after an accepted put, never for a refused one") {
+  TestLoop tl;
+  auto ch = makeMemoryChannel(MemoryChannelConfig{1, 1 << 20}, tl.context());
+  int durable = 0;
+  PutOptions first;
+  first.on_durable = [&] { ++durable; };
+  REQUIRE(ch->put(makeBatch(0, 1), std::move(first)));
+  CHECK(durable == 0);  // not inside put()
+  PutOptions second;
+  second.on_durable = [&] { durable += 100; };
+  CHECK(!ch->put(makeBatch(1, 1), std::move(second)));  // full: refused
+  tl.run();
+  CHECK(durable == 1);
+  CHECK(ch->positions().empty());
+}
+}  // namespace sluice
