@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/notify.h"
+#include "agent/source_runner.h"
 #include "agent/status_server.h"
 
 namespace sluice {
@@ -14,85 +15,6 @@ namespace {
 // How long deliveries in flight may still take once the drain is over.
 constexpr Millis kHardStopGrace{10'000};
 }  // namespace
-
-// The context of one running source: it routes offers into the source's channels, all or none,
-// and turns "room again" signals of those channels into resume() calls.
-class SourceRunner : public SourceContext {
- public:
-  SourceRunner(uv_loop_t* loop, SourceSpec spec, SourcePtr source, MetricSetPtr metrics)
-      : loop_(loop),
-        spec_(std::move(spec)),
-        source_(std::move(source)),
-        metrics_(std::move(metrics)) {
-    received_ = &metrics_->counter("EventReceivedCount");
-    accepted_ = &metrics_->counter("EventAcceptedCount");
-    refused_ = &metrics_->counter("ChannelFullCount");
-  }
-  ~SourceRunner() override { setChannels({}); }
-
-  const SourceSpec& spec() const { return spec_; }
-
-  void setChannels(std::vector<ChannelPtr> channels) {
-    for (size_t i = 0; i < channels_.size(); ++i) channels_[i]->removeSpaceListener(listeners_[i]);
-    channels_ = std::move(channels);
-    listeners_.clear();
-    for (auto& ch : channels_) {
-      listeners_.push_back(ch->addSpaceListener([this] { onSpace(); }));
-    }
-  }
-
-  void start() { source_->start(*this); }
-  void stop(std::function<void()> done) {
-    stopped_ = true;
-    source_->stop(std::move(done));
-  }
-  // After a reload the channels may have changed: a waiting source gets a new chance.
-  void poke() { onSpace(); }
-
-  uv_loop_t* loop() override { return loop_; }
-  MetricSet& metrics() override { return *metrics_; }
-  const std::string& name() const override { return spec_.name; }
-
-  OfferResult offer(Batch& batch) override {
-    if (batch.empty()) return OfferResult::Accepted;
-    for (auto& ch : channels_) {
-      if (!ch->hasRoom(batch.size(), batch.bytes())) {
-        waiting_ = true;
-        refused_->inc();
-        return OfferResult::Full;
-      }
-    }
-    size_t n = batch.size();
-    auto frozen = std::make_shared<const Batch>(std::move(batch));
-    batch.clear();
-    for (auto& ch : channels_) {
-      // hasRoom() said yes for every channel and nothing ran in between: put cannot refuse.
-      if (!ch->put(frozen)) std::abort();
-    }
-    received_->inc(n);
-    accepted_->inc(n);
-    return OfferResult::Accepted;
-  }
-
- private:
-  void onSpace() {
-    if (!waiting_ || stopped_) return;
-    waiting_ = false;
-    source_->resume();
-  }
-
-  uv_loop_t* loop_;
-  SourceSpec spec_;
-  SourcePtr source_;
-  MetricSetPtr metrics_;
-  Counter* received_;
-  Counter* accepted_;
-  Counter* refused_;
-  std::vector<ChannelPtr> channels_;
-  std::vector<uint64_t> listeners_;
-  bool waiting_ = false;
-  bool stopped_ = false;
-};
 
 Agent::Agent(const Registry& registry, std::string config_path)
     : registry_(registry), config_path_(std::move(config_path)) {
@@ -157,7 +79,9 @@ std::unique_ptr<SinkGroup> Agent::makeGroup(const GroupSpec& spec, const Config&
     if (!sink) return nullptr;
     members.push_back({*s, std::move(sink), ctx.metrics});
   }
-  return std::make_unique<SinkGroup>(&loop_, spec, channel, std::move(members));
+  // A lone sink's group reports nothing of its own: its sink's metrics say it all.
+  MetricSetPtr group_metrics = spec.implicit ? nullptr : metrics_.set("SINKGROUP", spec.name);
+  return std::make_unique<SinkGroup>(&loop_, spec, channel, std::move(members), group_metrics);
 }
 
 std::unique_ptr<SourceRunner> Agent::makeSource(const SourceSpec& spec, const Config& config) {
@@ -165,7 +89,15 @@ std::unique_ptr<SourceRunner> Agent::makeSource(const SourceSpec& spec, const Co
   BuildContext ctx{spec.name, &loop_, &config.agent, metrics};
   SourcePtr source = spec.type->make_source(spec.config, ctx);
   if (!source) return nullptr;
-  return std::make_unique<SourceRunner>(&loop_, spec, std::move(source), metrics);
+  std::vector<InterceptorPtr> interceptors;
+  for (const auto& is : spec.interceptors) {
+    BuildContext ictx{spec.name, &loop_, &config.agent, metrics};
+    auto i = is.type->make_interceptor(is.config, ictx);
+    if (!i) return nullptr;
+    interceptors.push_back(std::move(i));
+  }
+  return std::make_unique<SourceRunner>(&loop_, spec, std::move(source), metrics,
+                                        std::move(interceptors));
 }
 
 std::vector<ChannelPtr> Agent::channelsFor(const SourceSpec& spec) const {
@@ -401,6 +333,9 @@ bool Agent::apply(const Config& cfg) {
   for (const auto& s : cfg.sources) keep.push_back({"SOURCE", s.name});
   for (const auto& c : cfg.channels) keep.push_back({"CHANNEL", c.name});
   for (const auto& s : cfg.sinks) keep.push_back({"SINK", s.name});
+  for (const auto& g : cfg.groups) {
+    if (!g.implicit) keep.push_back({"SINKGROUP", g.name});
+  }
   keep.push_back({"AGENT", "reload"});
   for (const auto& r : retiring_) {
     keep.push_back({"CHANNEL", r.name});

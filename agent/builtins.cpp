@@ -1,6 +1,7 @@
 // The one list of built-in component types. Adding a type means adding its line here.
 #include "agent/registry.h"
 #include "channels/memory/memory_channel.h"
+#include "interceptors/interceptors.h"
 #include "sinks/null/null_sink.h"
 #include "sinks/stdout/stdout_sink.h"
 #include "sources/exec/exec_source.h"
@@ -12,6 +13,7 @@ void registerBuiltins(Registry& registry) {
   registerMemoryChannel(registry);
   registerStdoutSink(registry);
   registerNullSink(registry);
+  registerInterceptors(registry);
 }
 
 }  // namespace sluice

@@ -89,6 +89,26 @@ const OptionTable<GroupCommon>& groupTable() {
   return table;
 }
 
+const OptionTable<SelectorSpec>& selectorTable() {
+  static const OptionTable<SelectorSpec> table = [] {
+    OptionTable<SelectorSpec> t;
+    t.choice("type", &SelectorSpec::type, {"replicating", "multiplexing"}, "replicating",
+             "replicating: every event to every channel of the source; multiplexing: each event "
+             "to the channels its header value maps to.");
+    t.string("header", &SelectorSpec::header, "",
+             "multiplexing: the header whose value picks the channels.");
+    t.listMap("mapping", &SelectorSpec::mapping,
+              "multiplexing: header value -> channels (each among the source's channels).");
+    t.list("default", &SelectorSpec::default_channels, false,
+           "multiplexing: channels for events whose value is missing or not mapped.");
+    t.list("optional", &SelectorSpec::optional, false,
+           "Channels whose refusal (full) does not fail the put; the event is counted in "
+           "OptionalChannelFullCount instead. The others are all-or-nothing.");
+    return t;
+  }();
+  return table;
+}
+
 const ChannelSpec* Config::channel(const std::string& name) const {
   for (const auto& c : channels) {
     if (c.name == name) return &c;
@@ -166,7 +186,8 @@ bool validName(const std::string& name) {
 template <class Spec, class Common>
 std::optional<Spec> parseComponent(Kind kind, const std::string& section, const YAML::Node& key,
                                    const YAML::Node& body, const OptionTable<Common>& common,
-                                   const Registry& registry, ConfigReader& reader) {
+                                   const Registry& registry, ConfigReader& reader,
+                                   const std::vector<std::string>& extra_keys) {
   Spec spec;
   spec.name = key.Scalar();
   spec.where = locationOf(key);
@@ -193,10 +214,13 @@ std::optional<Spec> parseComponent(Kind kind, const std::string& section, const 
     for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
     msg += "; known types: " + all;
     reader.diag().error(locationOf(body["type"]), path + ".type", msg);
-    checkKeys(body, common.keys(), reader, path);  // still report typos among shared keys
+    auto shared = common.keys();
+    shared.insert(shared.end(), extra_keys.begin(), extra_keys.end());
+    checkKeys(body, shared, reader, path);  // still report typos among shared keys
     return std::nullopt;
   }
   std::vector<std::string> known = common.keys();
+  known.insert(known.end(), extra_keys.begin(), extra_keys.end());
   for (const auto& o : spec.type->options) known.push_back(o.key);
   checkKeys(body, known, reader, path);
   spec.config = spec.type->parse(body, reader, path);
@@ -206,7 +230,7 @@ std::optional<Spec> parseComponent(Kind kind, const std::string& section, const 
 template <class Spec, class Common>
 void parseSection(Kind kind, const std::string& section, const YAML::Node& node,
                   const OptionTable<Common>& common, const Registry& registry, ConfigReader& reader,
-                  std::vector<Spec>& out) {
+                  std::vector<Spec>& out, const std::vector<std::string>& extra_keys = {}) {
   if (!node.IsDefined() || node.IsNull()) return;
   if (!node.IsMap()) {
     reader.diag().error(locationOf(node), section, "expected a mapping of names to components");
@@ -219,9 +243,102 @@ void parseSection(Kind kind, const std::string& section, const YAML::Node& node,
                           "duplicate " + std::string(kindName(kind)) + " name");
       continue;
     }
-    auto spec = parseComponent<Spec>(kind, section, kv.first, kv.second, common, registry, reader);
+    auto spec = parseComponent<Spec>(kind, section, kv.first, kv.second, common, registry, reader,
+                                     extra_keys);
     if (spec) out.push_back(std::move(*spec));
   }
+}
+
+// A source's interceptors (a list of typed steps) and its selector.
+void parseSourceExtras(const YAML::Node& sources, const Registry& registry, ConfigReader& reader,
+                       std::vector<SourceSpec>& specs) {
+  for (auto& spec : specs) {
+    YAML::Node body = sources[spec.name];
+    std::string path = "sources." + spec.name;
+    YAML::Node sel = body["selector"];
+    if (sel.IsDefined() && !sel.IsNull()) {
+      if (checkKeys(sel, selectorTable().keys(), reader, path + ".selector")) {
+        selectorTable().fill(sel, spec.selector, reader, path + ".selector");
+      }
+    } else {
+      selectorTable().fill(YAML::Node(YAML::NodeType::Map), spec.selector, reader,
+                           path + ".selector");
+    }
+    YAML::Node list = body["interceptors"];
+    if (!list.IsDefined() || list.IsNull()) continue;
+    if (!list.IsSequence()) {
+      reader.diag().error(locationOf(list), path + ".interceptors",
+                          "expected a list of interceptors, each a mapping with a type");
+      continue;
+    }
+    auto names = registry.names(Kind::Interceptor);
+    for (size_t i = 0; i < list.size(); ++i) {
+      YAML::Node item = list[i];
+      std::string ipath = path + ".interceptors[" + std::to_string(i) + "]";
+      if (!item.IsMap() || !item["type"].IsDefined() || !item["type"].IsScalar()) {
+        reader.diag().error(locationOf(item), ipath, "expected a mapping with at least 'type'");
+        continue;
+      }
+      std::string type = item["type"].Scalar();
+      const ComponentType* t = registry.find(Kind::Interceptor, type);
+      if (!t) {
+        std::string msg = "unknown interceptor type '" + type + "'";
+        auto near = nearest(type, names);
+        if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+        std::string all;
+        for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+        reader.diag().error(locationOf(item["type"]), ipath + ".type",
+                            msg + "; known types: " + all);
+        continue;
+      }
+      std::vector<std::string> known{"type"};
+      for (const auto& o : t->options) known.push_back(o.key);
+      checkKeys(item, known, reader, ipath);
+      InterceptorSpec is;
+      is.name = type;
+      is.where = locationOf(item);
+      is.type = t;
+      is.config = t->parse(item, reader, ipath);
+      spec.interceptors.push_back(std::move(is));
+    }
+  }
+}
+
+void checkSelector(const SourceSpec& s, Diagnostics& diag) {
+  const auto& sel = s.selector;
+  std::string path = "sources." + s.name + ".selector";
+  auto listed = [&](const std::string& ch) {
+    return std::find(s.common.channels.begin(), s.common.channels.end(), ch) !=
+           s.common.channels.end();
+  };
+  auto check = [&](const std::vector<std::string>& chans, const std::string& key) {
+    for (const auto& ch : chans) {
+      if (!listed(ch)) {
+        diag.error(s.where, path + "." + key,
+                   "channel '" + ch + "' is not among the source's channels");
+      }
+    }
+  };
+  check(sel.optional, "optional");
+  if (sel.type == "replicating") {
+    if (!sel.header.empty() || !sel.mapping.empty() || !sel.default_channels.empty()) {
+      diag.error(s.where, path,
+                 "header, mapping and default are for type: multiplexing; this selector is "
+                 "replicating");
+    }
+    if (sel.optional.size() >= s.common.channels.size() && !s.common.channels.empty()) {
+      diag.warning(s.where, path + ".optional",
+                   "every channel is optional: events refused by all of them are counted, "
+                   "not kept");
+    }
+    return;
+  }
+  if (sel.header.empty()) diag.error(s.where, path, "multiplexing needs 'header'");
+  if (sel.mapping.empty() && sel.default_channels.empty()) {
+    diag.error(s.where, path, "multiplexing needs a 'mapping', a 'default', or both");
+  }
+  check(sel.default_channels, "default");
+  for (const auto& [value, chans] : sel.mapping) check(chans, "mapping." + value);
 }
 
 void checkWiring(Config& cfg, Diagnostics& diag) {
@@ -239,6 +356,7 @@ void checkWiring(Config& cfg, Diagnostics& diag) {
   };
 
   for (const auto& s : cfg.sources) {
+    checkSelector(s, diag);
     std::set<std::string> listed;
     for (const auto& ch : s.common.channels) {
       if (!channel_names.count(ch)) missingChannel(s.where, "sources." + s.name + ".channels", ch);
@@ -375,7 +493,8 @@ std::optional<Config> loadConfigText(const std::string& text, const std::string&
   }
 
   parseSection(Kind::Source, "sources", root["sources"], sourceCommonTable(), registry, reader,
-               cfg.sources);
+               cfg.sources, {"interceptors", "selector"});
+  parseSourceExtras(root["sources"], registry, reader, cfg.sources);
   parseSection(Kind::Channel, "channels", root["channels"], channelCommonTable(), registry, reader,
                cfg.channels);
   parseSection(Kind::Sink, "sinks", root["sinks"], sinkCommonTable(), registry, reader, cfg.sinks);

@@ -4,6 +4,7 @@
 // (syntax, unknown keys, bad values, wiring), each with file:line:column and key path.
 
 #include <any>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -53,9 +54,28 @@ struct ComponentSpec {
   }
 };
 
+struct InterceptorSpec : ComponentSpec {
+  bool operator==(const InterceptorSpec& o) const { return sameConfig(o); }
+};
+
+// Which of a source's channels an event goes to.
+struct SelectorSpec {
+  std::string type;    // replicating | multiplexing
+  std::string header;  // multiplexing: the header whose value picks the channels
+  std::map<std::string, std::vector<std::string>> mapping;
+  std::vector<std::string> default_channels;  // multiplexing: for values not in mapping
+  std::vector<std::string> optional;          // a full optional channel does not fail the put
+  bool operator==(const SelectorSpec&) const = default;
+};
+
 struct SourceSpec : ComponentSpec {
   SourceCommon common;
-  bool operator==(const SourceSpec& o) const { return common == o.common && sameConfig(o); }
+  std::vector<InterceptorSpec> interceptors;
+  SelectorSpec selector;
+  bool operator==(const SourceSpec& o) const {
+    return common == o.common && sameConfig(o) && interceptors == o.interceptors &&
+           selector == o.selector;
+  }
 };
 struct ChannelSpec : ComponentSpec {
   ChannelCommon common;
@@ -99,6 +119,7 @@ const OptionTable<SourceCommon>& sourceCommonTable();
 const OptionTable<ChannelCommon>& channelCommonTable();
 const OptionTable<SinkCommon>& sinkCommonTable();
 const OptionTable<GroupCommon>& groupTable();
+const OptionTable<SelectorSpec>& selectorTable();
 
 // Finds a cycle in a directed graph given as edges between node names; returns the nodes of one
 // cycle in order (first node repeated at the end), or an empty vector.

@@ -20,6 +20,10 @@ uint32_t Batch::store(std::string_view s) {
 }
 
 uint32_t Batch::add(std::string_view body, int64_t timestamp_ns) {
+  if (body.data() >= arena_.data() && body.data() < arena_.data() + arena_.size()) {
+    std::string copy(body);  // from this very batch: the arena may move while appending
+    return add(std::string_view(copy), timestamp_ns);
+  }
   EventRec rec{};
   rec.body_off = store(body);
   rec.body_len = static_cast<uint32_t>(body.size());
@@ -37,6 +41,15 @@ const Batch::HeaderRec* Batch::findHeader(uint32_t event, std::string_view key) 
 }
 
 void Batch::setHeader(uint32_t event, std::string_view key, std::string_view value) {
+  // Text taken from this batch (a body slice, say) moves when the arena grows: copy it first.
+  auto inside = [this](std::string_view v) {
+    return v.data() >= arena_.data() && v.data() < arena_.data() + arena_.size();
+  };
+  if (inside(key) || inside(value)) {
+    std::string k(key), v(value);
+    setHeader(event, std::string_view(k), std::string_view(v));
+    return;
+  }
   if (const HeaderRec* found = findHeader(event, key)) {
     auto& rec = headers_[static_cast<size_t>(found - headers_.data())];
     payload_bytes_ -= rec.value_len;
@@ -78,6 +91,12 @@ bool Batch::removeHeader(uint32_t event, std::string_view key) {
     return true;
   }
   return false;
+}
+
+uint32_t Batch::append(const EventView& event) {
+  uint32_t i = add(event.body(), event.timestampNs());
+  event.forEachHeader([&](std::string_view k, std::string_view v) { setHeader(i, k, v); });
+  return i;
 }
 
 void Batch::clear() {

@@ -59,6 +59,12 @@ class Batch {
   }
 
   EventView operator[](size_t i) const { return EventView(this, static_cast<uint32_t>(i)); }
+  // Removes the events for which keep(view) is false, keeping the order of the rest. Their
+  // bytes stay in the arena until the batch is cleared; bytes() no longer counts them.
+  template <class F>
+  size_t retainIf(F&& keep);
+  // Appends a copy of `event` (from any batch) with its headers and timestamp.
+  uint32_t append(const EventView& event);
   void clear();
   void reserve(size_t events, size_t bytes);
 
@@ -100,6 +106,24 @@ void EventView::forEachHeader(F&& f) const {
     const auto& rec = batch_->headers_[h];
     f(batch_->text(rec.key_off, rec.key_len), batch_->text(rec.value_off, rec.value_len));
   }
+}
+
+template <class F>
+size_t Batch::retainIf(F&& keep) {
+  size_t out = 0, removed = 0;
+  for (size_t i = 0; i < events_.size(); ++i) {
+    if (keep(EventView(this, static_cast<uint32_t>(i)))) {
+      events_[out++] = events_[i];
+      continue;
+    }
+    ++removed;
+    payload_bytes_ -= events_[i].body_len;
+    for (uint32_t h = events_[i].first_header; h != kNone; h = headers_[h].next) {
+      payload_bytes_ -= headers_[h].key_len + headers_[h].value_len;
+    }
+  }
+  events_.resize(out);
+  return removed;
 }
 
 // Nanoseconds since the Unix epoch, from the system clock.

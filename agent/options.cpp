@@ -1,5 +1,7 @@
 #include "agent/options.h"
 
+#include <re2/re2.h>
+
 #include <cctype>
 #include <limits>
 
@@ -174,6 +176,17 @@ std::optional<std::string> expandEnv(
     i = close;
   }
   return out;
+}
+
+std::shared_ptr<const re2::RE2> compileRegex(const std::string& pattern, std::string& error) {
+  RE2::Options options;
+  options.set_log_errors(false);
+  auto re = std::make_shared<const re2::RE2>(pattern, options);
+  if (!re->ok()) {
+    error = re->error();
+    return nullptr;
+  }
+  return re;
 }
 
 Location locationOf(const YAML::Node& node) {

@@ -9,15 +9,31 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "agent/diagnostics.h"
 
+namespace re2 {
+class RE2;
+}
+
 namespace sluice {
 
 using Millis = std::chrono::milliseconds;
+
+// A regular expression from the configuration, compiled once when the file is loaded (RE2:
+// linear time whatever the input, so a hostile log line cannot stall the agent).
+struct Regex {
+  std::string pattern;
+  std::shared_ptr<const re2::RE2> re;
+  bool operator==(const Regex& other) const { return pattern == other.pattern; }
+};
+// Compiles a pattern; on failure returns null and sets `error` to RE2's explanation.
+std::shared_ptr<const re2::RE2> compileRegex(const std::string& pattern, std::string& error);
 
 // Pure value parsers; on failure they return nullopt and set `error`.
 // Sizes: 512, 64KiB, 64MiB, 8GiB, 1TiB (binary), 64KB, 64MB (decimal), 64k/m/g (binary).
@@ -225,6 +241,56 @@ class OptionTable {
               r.diag().error(locationOf(n), path, "must list at least one entry");
             }
             c.*member = *v;
+          }
+        });
+  }
+
+  OptionTable& regex(std::string key, Regex Cfg::*member, bool required, std::string help) {
+    OptionInfo info = makeInfo(key, "regex", "", help);
+    info.required = required;
+    return add(
+        info, [member](Cfg& c) { c.*member = Regex{}; },
+        [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          auto v = r.scalar(n, path);
+          if (!v) return;
+          std::string error;
+          auto re = compileRegex(*v, error);
+          if (!re) {
+            r.diag().error(locationOf(n), path,
+                           "bad regular expression '" + r.shown(n, *v) + "': " + error);
+            return;
+          }
+          c.*member = Regex{*v, std::move(re)};
+        });
+  }
+  OptionTable& stringMap(std::string key, std::map<std::string, std::string> Cfg::*member,
+                         std::string help) {
+    return add(
+        makeInfo(key, "map", "{}", help), [member](Cfg& c) { (c.*member).clear(); },
+        [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          if (!n.IsMap()) {
+            r.diag().error(locationOf(n), path, "expected a mapping of names to values");
+            return;
+          }
+          for (const auto& kv : n) {
+            auto v = r.scalar(kv.second, path + "." + kv.first.Scalar());
+            if (v) (c.*member)[kv.first.Scalar()] = *v;
+          }
+        });
+  }
+  OptionTable& listMap(std::string key,
+                       std::map<std::string, std::vector<std::string>> Cfg::*member,
+                       std::string help) {
+    return add(
+        makeInfo(key, "map of lists", "{}", help), [member](Cfg& c) { (c.*member).clear(); },
+        [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          if (!n.IsMap()) {
+            r.diag().error(locationOf(n), path, "expected a mapping of values to lists");
+            return;
+          }
+          for (const auto& kv : n) {
+            auto v = r.stringList(kv.second, path + "." + kv.first.Scalar());
+            if (v) (c.*member)[kv.first.Scalar()] = *v;
           }
         });
   }

@@ -10,6 +10,8 @@ const char* kindName(Kind kind) {
       return "channel";
     case Kind::Sink:
       return "sink";
+    case Kind::Interceptor:
+      return "interceptor";
   }
   return "?";
 }
@@ -22,6 +24,8 @@ const char* metricKind(Kind kind) {
       return "CHANNEL";
     case Kind::Sink:
       return "SINK";
+    case Kind::Interceptor:
+      return "INTERCEPTOR";
   }
   return "?";
 }

@@ -10,13 +10,14 @@
 #include <vector>
 
 #include "agent/channel.h"
+#include "agent/interceptor.h"
 #include "agent/options.h"
 #include "agent/sink.h"
 #include "agent/source.h"
 
 namespace sluice {
 
-enum class Kind { Source, Channel, Sink };
+enum class Kind { Source, Channel, Sink, Interceptor };
 // "source", "channel", "sink"
 const char* kindName(Kind kind);
 // "SOURCE", "CHANNEL", "SINK": the metric prefix Flume uses.
@@ -49,6 +50,7 @@ struct ComponentType {
   std::function<SourcePtr(const std::any&, const BuildContext&)> make_source;
   std::function<ChannelPtr(const std::any&, const BuildContext&)> make_channel;
   std::function<SinkPtr(const std::any&, const BuildContext&)> make_sink;
+  std::function<InterceptorPtr(const std::any&, const BuildContext&)> make_interceptor;
   // Applies a changed config to a live channel without losing what it holds; false when the
   // change needs a new channel. Empty: never in place.
   std::function<bool(Channel&, const std::any&)> reconfigure_channel;
@@ -86,6 +88,16 @@ class Registry {
                std::function<SinkPtr(const Cfg&, const BuildContext&)> make) {
     auto t = base<Cfg>(Kind::Sink, std::move(name), std::move(help), std::move(table));
     t.make_sink = [make](const std::any& c, const BuildContext& b) {
+      return make(std::any_cast<const Cfg&>(c), b);
+    };
+    types_.push_back(std::move(t));
+  }
+
+  template <class Cfg>
+  void addInterceptor(std::string name, std::string help, OptionTable<Cfg> table,
+                      std::function<InterceptorPtr(const Cfg&, const BuildContext&)> make) {
+    auto t = base<Cfg>(Kind::Interceptor, std::move(name), std::move(help), std::move(table));
+    t.make_interceptor = [make](const std::any& c, const BuildContext& b) {
       return make(std::any_cast<const Cfg&>(c), b);
     };
     types_.push_back(std::move(t));

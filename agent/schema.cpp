@@ -31,6 +31,16 @@ std::vector<Section> sections(const Registry& registry) {
     }
   };
   add_kind(Kind::Source, "sources", sourceCommonTable().describe());
+  out.push_back({"sources.<name>.selector",
+                 "Which of the source's channels each event goes to. The put is all-or-nothing "
+                 "over the required (not optional) channels.",
+                 selectorTable().describe()});
+  for (const auto& t : registry.all()) {
+    if (t.kind != Kind::Interceptor) continue;
+    out.push_back({"sources.<name>.interceptors[] (type: " + t.name + ")",
+                   t.help + " Interceptors run in list order on each batch before the put.",
+                   t.options});
+  }
   add_kind(Kind::Channel, "channels", channelCommonTable().describe());
   add_kind(Kind::Sink, "sinks", sinkCommonTable().describe());
   out.push_back({"sink_groups.<name>",
@@ -91,7 +101,11 @@ std::string renderSchema(const Registry& registry, SchemaFormat format) {
       }
       out += "| key | type | default | bounds | description |\n|---|---|---|---|---|\n";
       for (const auto& o : s.options) {
-        out += "| `" + o.key + "` | " + typeText(o) + " | " + defaultText(o) + " | " + o.bounds +
+        std::string type = typeText(o);
+        for (size_t p = 0; (p = type.find('|', p)) != std::string::npos; p += 2) {
+          type.replace(p, 1, "\\|");  // a bare | would end the table cell
+        }
+        out += "| `" + o.key + "` | " + type + " | " + defaultText(o) + " | " + o.bounds +
                " | " + o.help + " |\n";
       }
     }

@@ -11,7 +11,7 @@ constexpr int kMaxTakesPerTurn = 64;  // then yield to the loop so sources get t
 }
 
 SinkGroup::SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel,
-                     std::vector<Member> members)
+                     std::vector<Member> members, MetricSetPtr metrics)
     : loop_(loop),
       spec_(std::move(spec)),
       channel_(std::move(channel)),
@@ -29,6 +29,7 @@ SinkGroup::SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel,
     st->batches_complete = &ms.counter("BatchCompleteCount");
     st->batches_underflow = &ms.counter("BatchUnderflowCount");
     st->batches_empty = &ms.counter("BatchEmptyCount");
+    st->penalty_ms = &ms.counter("PenaltyTimeMsCount");
     MemberState* raw = st.get();
     ms.gauge(
         "InFlightBatches", [raw] { return static_cast<double>(raw->in_flight); }, this);
@@ -38,6 +39,16 @@ SinkGroup::SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel,
         this);
     members_.push_back(std::move(st));
   }
+  metrics_ = metrics ? std::move(metrics) : std::make_shared<MetricSet>("SINKGROUP", spec_.name);
+  failovers_ = &metrics_->counter("FailoverCount");
+  metrics_->gauge(
+      "LiveSinkCount",
+      [this] {
+        double live = 0;
+        for (auto& st : members_) live += st->penalty_until_ms <= uv_now(loop_) ? 1 : 0;
+        return live;
+      },
+      this);
   timer_ = new uv_timer_t;
   uv_timer_init(loop_, timer_);
   timer_->data = this;
@@ -47,6 +58,7 @@ SinkGroup::~SinkGroup() {
   *alive_ = false;
   in_flight_.clear();  // any take still here rolls back
   for (auto& st : members_) st->m.metrics->clearGauges(this);
+  metrics_->clearGauges(this);
   if (cursor_) cursor_->setOnReady(nullptr);
   timer_->data = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(timer_),
@@ -172,6 +184,8 @@ void SinkGroup::onDelivered(uint64_t id, DeliveryResult result) {
     std::uniform_int_distribution<int64_t> jitter(penalty / 2, std::max<int64_t>(penalty, 1));
     penalty = jitter(rng_);
     st->penalty_until_ms = uv_now(loop_) + static_cast<uint64_t>(penalty);
+    st->penalty_ms->inc(static_cast<uint64_t>(penalty));
+    if (members_.size() > 1) failovers_->inc();  // the next batch goes to another sink
     spdlog::warn("sink {}: delivery failed ({}); retrying in {} ms", st->m.spec.name, result.error,
                  penalty);
   }

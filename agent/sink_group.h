@@ -37,7 +37,9 @@ class SinkGroup {
     MetricSetPtr metrics;
   };
 
-  SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel, std::vector<Member> members);
+  // `metrics` (optional) is the group's own set: FailoverCount, LiveSinkCount.
+  SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel, std::vector<Member> members,
+            MetricSetPtr metrics = nullptr);
   ~SinkGroup();
   SinkGroup(const SinkGroup&) = delete;
   SinkGroup& operator=(const SinkGroup&) = delete;
@@ -82,6 +84,8 @@ class SinkGroup {
   uv_timer_t* timer_ = nullptr;  // wakes the pump (penalties, yielding); freed in its close cb
   std::minstd_rand rng_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  MetricSetPtr metrics_;
+  Counter* failovers_ = nullptr;
 };
 
 // Per-sink state inside a group; also the sink's SinkContext.
@@ -99,6 +103,7 @@ struct MemberState : SinkContext {
   Counter* batches_complete = nullptr;
   Counter* batches_underflow = nullptr;
   Counter* batches_empty = nullptr;
+  Counter* penalty_ms = nullptr;
 
   uv_loop_t* loop() override { return loop_ptr; }
   MetricSet& metrics() override { return *m.metrics; }

@@ -60,3 +60,14 @@ TEST_CASE("metrics render as Prometheus text and Flume-style JSON") {
   reg.retainOnly({{"SOURCE", "web"}});
   CHECK(reg.renderJson().find("CHANNEL.mem") == std::string::npos);
 }
+
+TEST_CASE("a header value taken from the event's own body survives the arena growing") {
+  Batch b;
+  auto i = b.add("level=ERROR something long enough", 0);
+  for (int round = 0; round < 50; ++round) {
+    auto body = b[i].body();
+    b.setHeader(i, "k" + std::to_string(round), body.substr(6, 5));
+  }
+  CHECK(b[i].header("k0") == "ERROR");
+  CHECK(b[i].header("k49") == "ERROR");
+}

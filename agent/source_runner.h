@@ -1,0 +1,221 @@
+#pragma once
+// SourceRunner: the SourceContext of one running source (interceptors, selector, the
+// all-or-nothing put, backpressure). Used by the agent; separate so it can be tested alone.
+
+#include <spdlog/spdlog.h>
+#include <uv.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/channel.h"
+#include "agent/config.h"
+#include "agent/interceptor.h"
+#include "agent/source.h"
+
+namespace sluice {
+
+// The context of one running source: it runs the source's interceptors, asks its selector
+// which channels each event goes to, and puts the batch into every required channel or none.
+// When they are full it keeps the (already intercepted) batch parked here and refuses the
+// next offer, so the source pauses; when room frees up it puts the parked batch first and then
+// resumes the source. Memory held: one parked batch per source.
+class SourceRunner : public SourceContext {
+ public:
+  SourceRunner(uv_loop_t* loop, SourceSpec spec, SourcePtr source, MetricSetPtr metrics,
+               std::vector<InterceptorPtr> interceptors)
+      : loop_(loop),
+        spec_(std::move(spec)),
+        source_(std::move(source)),
+        metrics_(std::move(metrics)),
+        interceptors_(std::move(interceptors)) {
+    received_ = &metrics_->counter("EventReceivedCount");
+    accepted_ = &metrics_->counter("EventAcceptedCount");
+    refused_ = &metrics_->counter("ChannelFullCount");
+    filtered_ = &metrics_->counter("EventFilteredCount");
+    optional_full_ = &metrics_->counter("OptionalChannelFullCount");
+    unrouted_ = &metrics_->counter("EventUnroutedCount");
+    dropped_ = &metrics_->counter("DroppedEventCount");
+    const auto& channels = spec_.common.channels;
+    optional_.assign(channels.size(), false);
+    for (size_t i = 0; i < channels.size(); ++i) {
+      const auto& opt = spec_.selector.optional;
+      optional_[i] = std::find(opt.begin(), opt.end(), channels[i]) != opt.end();
+    }
+    auto indices = [&](const std::vector<std::string>& names) {
+      std::vector<size_t> out;
+      for (const auto& n : names) {
+        out.push_back(
+            static_cast<size_t>(std::find(channels.begin(), channels.end(), n) - channels.begin()));
+      }
+      return out;
+    };
+    for (const auto& [value, names] : spec_.selector.mapping) mapping_[value] = indices(names);
+    default_ = indices(spec_.selector.default_channels);
+  }
+  ~SourceRunner() override { setChannels({}); }
+
+  const SourceSpec& spec() const { return spec_; }
+
+  void setChannels(std::vector<ChannelPtr> channels) {
+    for (size_t i = 0; i < channels_.size(); ++i) channels_[i]->removeSpaceListener(listeners_[i]);
+    channels_ = std::move(channels);
+    listeners_.clear();
+    for (auto& ch : channels_) {
+      listeners_.push_back(ch->addSpaceListener([this] { onSpace(); }));
+    }
+  }
+
+  void start() { source_->start(*this); }
+  void stop(std::function<void()> done) {
+    stopped_ = true;
+    source_->stop([this, done = std::move(done)] {
+      if (parked_ && !tryPut(*parked_)) {
+        dropped_->inc(parked_->size());
+        spdlog::error("source {}: {} events could not be put before stopping: channels full",
+                      spec_.name, parked_->size());
+      }
+      parked_.reset();
+      done();
+    });
+  }
+  // After a reload the channels may have changed: a waiting source gets a new chance.
+  void poke() { onSpace(); }
+
+  uv_loop_t* loop() override { return loop_; }
+  MetricSet& metrics() override { return *metrics_; }
+  const std::string& name() const override { return spec_.name; }
+
+  OfferResult offer(Batch& batch) override {
+    if (parked_) {
+      waiting_ = true;
+      refused_->inc();
+      return OfferResult::Full;
+    }
+    if (batch.empty()) return OfferResult::Accepted;
+    received_->inc(batch.size());
+    size_t filtered = 0;
+    for (auto& i : interceptors_) filtered += i->apply(batch);
+    if (filtered) filtered_->inc(filtered);
+    if (!batch.empty() && !tryPut(batch)) {
+      parked_ = std::make_unique<Batch>(std::move(batch));
+    }
+    batch.clear();
+    return OfferResult::Accepted;
+  }
+
+ private:
+  // Puts into every required channel or none; false (batch untouched) when one lacks room.
+  bool tryPut(Batch& batch) {
+    size_t n = batch.size();
+    if (spec_.selector.type != "multiplexing") {
+      for (size_t c = 0; c < channels_.size(); ++c) {
+        if (!optional_[c] && !channels_[c]->hasRoom(n, batch.bytes())) return false;
+      }
+      auto frozen = std::make_shared<const Batch>(std::move(batch));
+      for (size_t c = 0; c < channels_.size(); ++c) putOne(c, frozen);
+      accepted_->inc(n);
+      return true;
+    }
+    // Multiplexing: which channels each event goes to.
+    std::vector<const std::vector<size_t>*> routes(n);
+    bool uniform = true;
+    for (size_t i = 0; i < n; ++i) {
+      auto value = batch[i].header(spec_.selector.header);
+      const std::vector<size_t>* route = &default_;
+      if (value) {
+        auto it = mapping_.find(std::string(*value));
+        if (it != mapping_.end()) route = &it->second;
+      }
+      routes[i] = route;
+      uniform = uniform && (*route == *routes[0]);
+    }
+    std::vector<Batch> parts(channels_.size());
+    if (!uniform) {
+      for (size_t i = 0; i < n; ++i) {
+        for (size_t c : *routes[i]) parts[c].append(batch[i]);
+      }
+      for (size_t c = 0; c < channels_.size(); ++c) {
+        if (!optional_[c] && !parts[c].empty() &&
+            !channels_[c]->hasRoom(parts[c].size(), parts[c].bytes())) {
+          return false;
+        }
+      }
+    } else {
+      for (size_t c : *routes[0]) {
+        if (!optional_[c] && !channels_[c]->hasRoom(n, batch.bytes())) return false;
+      }
+    }
+    size_t unrouted = 0;
+    for (size_t i = 0; i < n; ++i) unrouted += routes[i]->empty();
+    if (unrouted) {
+      unrouted_->inc(unrouted);
+      if (!warned_unrouted_) {
+        warned_unrouted_ = true;
+        spdlog::warn(
+            "source {}: events whose '{}' header maps to no channel and no default are "
+            "discarded and counted in EventUnroutedCount",
+            spec_.name, spec_.selector.header);
+      }
+    }
+    if (uniform) {
+      auto frozen = std::make_shared<const Batch>(std::move(batch));
+      for (size_t c : *routes[0]) putOne(c, frozen);
+    } else {
+      for (size_t c = 0; c < channels_.size(); ++c) {
+        if (parts[c].empty()) continue;
+        putOne(c, std::make_shared<const Batch>(std::move(parts[c])));
+      }
+    }
+    accepted_->inc(n - unrouted);
+    return true;
+  }
+
+  void putOne(size_t c, std::shared_ptr<const Batch> frozen) {
+    size_t n = frozen->size();
+    if (optional_[c] && !channels_[c]->hasRoom(n, frozen->bytes())) {
+      optional_full_->inc(n);
+      return;
+    }
+    // Required channels said yes just now and nothing ran in between: put cannot refuse.
+    if (!channels_[c]->put(std::move(frozen)) && !optional_[c]) std::abort();
+  }
+
+  void onSpace() {
+    if (parked_) {
+      if (!tryPut(*parked_)) return;
+      parked_.reset();
+    }
+    if (!waiting_ || stopped_) return;
+    waiting_ = false;
+    source_->resume();
+  }
+
+  uv_loop_t* loop_;
+  SourceSpec spec_;
+  SourcePtr source_;
+  MetricSetPtr metrics_;
+  std::vector<InterceptorPtr> interceptors_;
+  Counter* received_;
+  Counter* accepted_;
+  Counter* refused_;
+  Counter* filtered_;
+  Counter* optional_full_;
+  Counter* unrouted_;
+  Counter* dropped_;
+  std::vector<ChannelPtr> channels_;
+  std::vector<uint64_t> listeners_;
+  std::vector<bool> optional_;
+  std::map<std::string, std::vector<size_t>> mapping_;
+  std::vector<size_t> default_;
+  std::unique_ptr<Batch> parked_;
+  bool waiting_ = false;
+  bool stopped_ = false;
+  bool warned_unrouted_ = false;
+};
+
+}  // namespace sluice
