@@ -78,6 +78,8 @@ const OptionTable<GroupCommon>& groupTable() {
     t.choice("processor", &GroupCommon::processor, {"failover", "load_balance"}, "failover",
              "failover: the first live sink in list order gets every batch; load_balance: live "
              "sinks take turns (round robin).");
+    t.choice("balance", &GroupCommon::balance, {"round_robin", "random"}, "round_robin",
+             "load_balance: take turns in list order, or pick a random live sink per batch.");
     t.list("sinks", &GroupCommon::sinks, true,
            "Sinks of the group, in priority order; all must drain the same channel.");
     t.duration("penalty_min", &GroupCommon::penalty_min, "1s", Millis(1), Millis(3'600'000),
@@ -424,6 +426,7 @@ void checkWiring(Config& cfg, Diagnostics& diag) {
     g.where = s.where;
     g.implicit = true;
     g.common.processor = "failover";
+    g.common.balance = "round_robin";
     g.common.sinks = {s.name};
     g.common.penalty_min = s.common.backoff_min;
     g.common.penalty_max = s.common.backoff_max;

@@ -38,6 +38,7 @@ struct SinkCommon {
 
 struct GroupCommon {
   std::string processor;
+  std::string balance;
   std::vector<std::string> sinks;
   Millis penalty_min{};
   Millis penalty_max{};

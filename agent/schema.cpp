@@ -105,8 +105,8 @@ std::string renderSchema(const Registry& registry, SchemaFormat format) {
         for (size_t p = 0; (p = type.find('|', p)) != std::string::npos; p += 2) {
           type.replace(p, 1, "\\|");  // a bare | would end the table cell
         }
-        out += "| `" + o.key + "` | " + type + " | " + defaultText(o) + " | " + o.bounds +
-               " | " + o.help + " |\n";
+        out += "| `" + o.key + "` | " + type + " | " + defaultText(o) + " | " + o.bounds + " | " +
+               o.help + " |\n";
       }
     }
     return out;

@@ -96,6 +96,15 @@ MemberState* SinkGroup::choose() {
            st->m.sink->ready();
   };
   if (spec_.common.processor == "load_balance") {
+    if (spec_.common.balance == "random") {
+      std::vector<MemberState*> live;
+      for (auto& st : members_) {
+        if (usable(st.get())) live.push_back(st.get());
+      }
+      if (live.empty()) return nullptr;
+      std::uniform_int_distribution<size_t> pick(0, live.size() - 1);
+      return live[pick(rng_)];
+    }
     for (size_t i = 0; i < members_.size(); ++i) {
       auto* st = members_[(round_robin_ + i) % members_.size()].get();
       if (usable(st)) {

@@ -103,7 +103,8 @@ struct Fixture {
   std::vector<std::shared_ptr<ScriptedSink::Shared>> sinks;
   std::unique_ptr<SinkGroup> group;
 
-  explicit Fixture(size_t n_sinks, const std::string& processor = "failover") {
+  explicit Fixture(size_t n_sinks, const std::string& processor = "failover",
+                   const std::string& balance = "round_robin") {
     BuildContext ctx;
     ctx.name = "mem";
     ctx.loop = &tl.loop;
@@ -112,6 +113,7 @@ struct Fixture {
     GroupSpec spec;
     spec.name = "g";
     spec.common.processor = processor;
+    spec.common.balance = balance;
     spec.common.penalty_min = Millis(20);
     spec.common.penalty_max = Millis(40);
     std::vector<SinkGroup::Member> members;
@@ -245,4 +247,20 @@ TEST_CASE("stop waits for the delivery in flight, and a new group on the cursor 
   auto all = f.sinks[0]->delivered;
   all.insert(all.end(), shared->delivered.begin(), shared->delivered.end());
   CHECK(all == Fixture::seq(1, 40));
+}
+
+TEST_CASE("load_balance random: every live sink gets some, a failing one none, nothing lost") {
+  Fixture f(3, "load_balance", "random");
+  f.sinks[2]->failing = true;
+  f.group->start();
+  for (int i = 0; i < 30; ++i) f.put(i * 10 + 1, i * 10 + 10);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[0]->delivered.size() > 0);
+  CHECK(f.sinks[1]->delivered.size() > 0);
+  CHECK(f.sinks[2]->delivered.empty());
+  auto all = f.sinks[0]->delivered;
+  all.insert(all.end(), f.sinks[1]->delivered.begin(), f.sinks[1]->delivered.end());
+  std::sort(all.begin(), all.end(), [](auto& a, auto& b) { return std::stoi(a) < std::stoi(b); });
+  CHECK(all == Fixture::seq(1, 300));
+  CHECK(f.metrics.set("SINK", "s2")->counter("PenaltyTimeMsCount").value() > 0);
 }
