@@ -292,8 +292,7 @@ void registerInterceptors(Registry& registry) {
              "millis: milliseconds since the epoch (as Flume); iso8601: UTC with milliseconds.");
     t.boolean("preserve_existing", &TimestampConfig::preserve_existing, false,
               "Keep the header where an event already has it.");
-    registry.addInterceptor<TimestampConfig>("timestamp",
-                                             "Puts the event time into a header.", t,
+    registry.addInterceptor<TimestampConfig>("timestamp", "Puts the event time into a header.", t,
                                              maker<TimestampInterceptor, TimestampConfig>());
   }
   {
@@ -321,8 +320,8 @@ void registerInterceptors(Registry& registry) {
               "false: keep only matching events; true: drop matching events. Dropped events "
               "are counted in the source's EventFilteredCount.");
     registry.addInterceptor<RegexFilterConfig>("regex_filter",
-                                               "Keeps or drops events by a regular expression.",
-                                               t, maker<RegexFilterInterceptor, RegexFilterConfig>());
+                                               "Keeps or drops events by a regular expression.", t,
+                                               maker<RegexFilterInterceptor, RegexFilterConfig>());
   }
   {
     OptionTable<RegexExtractorConfig> t;
