@@ -1,5 +1,6 @@
 // The one list of built-in component types. Adding a type means adding its line here.
 #include "agent/registry.h"
+#include "channels/file/file_channel.h"
 #include "channels/memory/memory_channel.h"
 #include "interceptors/interceptors.h"
 #include "sinks/null/null_sink.h"
@@ -11,6 +12,7 @@ namespace sluice {
 void registerBuiltins(Registry& registry) {
   registerExecSource(registry);
   registerMemoryChannel(registry);
+  registerFileChannel(registry);
   registerStdoutSink(registry);
   registerNullSink(registry);
   registerInterceptors(registry);

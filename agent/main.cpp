@@ -11,6 +11,7 @@
 #include "agent/config.h"
 #include "agent/registry.h"
 #include "agent/schema.h"
+#include "channels/file/file_inspect.h"
 
 namespace {
 
@@ -59,6 +60,12 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "markdown", "json"}))
       ->capture_default_str();
   auto* version = app.add_subcommand("version", "Print the version");
+  auto* channel = app.add_subcommand("channel", "Tools for channels");
+  channel->require_subcommand(1);
+  auto* inspect =
+      channel->add_subcommand("inspect", "Check a file channel's directory record by record");
+  std::string inspect_dir;
+  inspect->add_option("dir", inspect_dir, "The channel's directory")->required();
   for (auto* sub : {run, check}) {
     sub->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -70,6 +77,10 @@ int main(int argc, char** argv) {
   sluice::Registry registry;
   sluice::registerBuiltins(registry);
 
+  if (*inspect) {
+    // 0: every record verifies; 1: damage found; 2: the directory cannot be read.
+    return sluice::inspectFileChannel(inspect_dir, std::cout);
+  }
   if (*version) {
     std::cout << "sluice " << SLUICE_VERSION << "\n";
     return 0;

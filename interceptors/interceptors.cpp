@@ -206,10 +206,16 @@ class RegexExtractorInterceptor : public Interceptor {
                     static_cast<int>(groups_.size()))) {
         continue;
       }
+      // The groups point into the body, which moves when setHeader grows the arena: copy all
+      // of them out before setting the first header.
+      values_.clear();
       for (const auto& [index, header] : names_) {
         const auto& g = groups_[index];
         if (g.data() == nullptr) continue;  // an optional group that did not take part
-        batch.setHeader(static_cast<uint32_t>(i), header, std::string_view(g.data(), g.size()));
+        values_.emplace_back(&header, std::string(g.data(), g.size()));
+      }
+      for (const auto& [header, value] : values_) {
+        batch.setHeader(static_cast<uint32_t>(i), *header, value);
       }
     }
     return 0;
@@ -219,6 +225,7 @@ class RegexExtractorInterceptor : public Interceptor {
   RegexExtractorConfig cfg_;
   std::vector<re2::StringPiece> groups_;
   std::vector<std::pair<size_t, std::string>> names_;
+  std::vector<std::pair<const std::string*, std::string>> values_;
 };
 
 // --- uuid ---------------------------------------------------------------------------------

@@ -1,0 +1,430 @@
+#pragma once
+// The `file` channel: a durable, segmented, append-only log on disk with one persisted cursor per
+// consumer. What a put was acknowledged for (on_durable) survives kill -9 and, with the default
+// `fsync: batch`, power loss.
+//
+// Directory layout (default <agent.data_dir>/channels/<name>)
+// ---------------------------------------------------------
+//   lock                          flock(LOCK_EX|LOCK_NB) held for the channel's life: a second
+//                                 agent on the same directory is refused with a clear error.
+//   seg-<20-digit seq>.log        segments; the number is the event number (seq) of the first
+//                                 record the segment holds (or will hold, when it is empty).
+//   cursor-<consumer>             one per consumer (name hex-escaped outside [A-Za-z0-9_.-]).
+//   positions                     checkpoint of the source positions (see below).
+//   *.tmp                         a metadata file being written aside; removed at start-up.
+//   seg-*.log.damaged             a segment that could not be read, moved aside and counted.
+//
+// Event numbers: every event put gets a global number (seq), contiguous across records and
+// segments and never reused (after a restart numbering continues from the tail).
+//
+// Record format (all integers little-endian, sized)
+// --------------------------------------------------
+//   u32 magic 0x43524c53 ("SLRC") | u32 length (of payload) | u32 crc32c(seq + payload) |
+//   u64 seq (of the first event) | payload
+//   payload = u32 event count, then per event: i64 timestamp_ns, u32 header count,
+//             (u32 len, key, u32 len, value) per header, u32 len, body;
+//             then u32 position count, (u32 len, key, u32 len, value) per position.
+// One record holds one put (a whole batch and its source positions), so positions become
+// durable atomically with the events they cover. Records never span segments; a segment is
+// rolled when the next record would take it past `segment_bytes` (a single record larger than
+// that gets a segment of its own). CRC-32C comes from ISA-L (crc32_iscsi).
+//
+// Cursor file: u32 magic "SLCU" | u32 version 1 | u64 low water (smallest event number the
+// consumer has not committed) | u64 segment seq | u64 offset | u64 record seq (the record that
+// holds the low water) | u32 crc32c of everything before it. Written as `<file>.tmp`, fsynced,
+// renamed over the old one, directory fsynced. Commits are coalesced: a dirty cursor is written
+// at most every `checkpoint_interval`, at stop, and always before a segment it passed is deleted
+// (the writer thread runs metadata jobs in order, retrying each until it succeeds, so an unlink
+// queued after a cursor write never overtakes it). After a crash a consumer resumes at its last
+// written low water: delivery is at least once; what it committed and was written is never
+// delivered again.
+//
+// Positions file: u32 magic "SLPO" | u32 version 1 | u64 segment seq S | u32 count |
+// (u32 len, key, u32 len, value)... | u32 crc32c. The latest value of every key put in records
+// before segment S. Written by the writer just before it creates segment S, so start-up rebuilds
+// positions() from this file plus a scan of the last segment only.
+//
+// Writer thread and durability
+// ----------------------------
+// put() (loop thread) reserves the record's estimated bytes against capacity, gives the batch an
+// event number and queues it. The writer takes everything queued, encodes it, appends it with
+// one pwrite per segment touched, then (policy `batch`) one fdatasync for the group, and hands
+// completions back with uv_async_send. Only then, on the loop, do the events become visible to
+// cursors and do on_durable callbacks run.
+//   fsync: batch     (default) the put completes after fdatasync: power loss loses nothing that
+//                    was acknowledged; kill -9 loses nothing either.
+//   fsync: interval  the put completes after write(); fdatasync every `fsync_interval`. kill -9
+//                    loses nothing acknowledged (the page cache survives); power loss may lose
+//                    up to the last interval of acknowledged puts (the torn tail is cut off).
+// A failed or short pwrite, ENOSPC, EIO, or a failed fdatasync: the writer truncates the segment
+// back to the last good offset, bumps WriteErrorCount and retries the whole group with backoff
+// (`retry_backoff` doubling up to 5 s). Puts wait; nothing acknowledged is lost; the process
+// never exits over it. Hand-off is a mutex-guarded queue and one uv_async_t.
+//
+// Reading
+// -------
+// A take reads records back with pread into fresh Batches (shared_ptr<const Batch>) and hands
+// out slices, with the same semantics as the memory channel (several takes outstanding,
+// commits in any order, rolled-back ranges first, lag). A small read cache (`read_cache_bytes`)
+// keeps recently written and recently read batches, so a consumer that keeps up never touches
+// the disk; the backlog is never held in memory. Each cursor carries the location (segment,
+// offset) of the record it reads next; nothing indexes the whole backlog.
+// A segment is deleted once every cursor (live, or persisted and not yet reopened) has a low
+// water past it and it is not the segment being written.
+//
+// Start-up (cost independent of the backlog)
+// ------------------------------------------
+// Lists the directory, reads the cursor and positions files, opens the segments (open + fstat,
+// no reads) and scans only the last segment to find the tail. A record that does not verify
+// (bad magic, impossible length, bad CRC, bad payload): if a valid record follows, the bad bytes
+// are skipped (CorruptRecordCount, logged with segment and offset); if none follows, it is a torn
+// tail and the segment is truncated there. Older segments are checked the same way lazily, when
+// a cursor reads them. A segment that cannot be opened or read (EIO) is renamed `.damaged`,
+// counted (DamagedSegmentCount) and skipped: never a crash loop.
+//
+// Capacity: hasRoom() is false when the log on disk plus what is queued plus the put would pass
+// `max_bytes`, or when the volume's free space minus what is queued would drop under
+// `min_free_bytes` (free space is refreshed by the writer with statvfs), or when more than 32 MiB
+// of puts already wait for the writer (a slow or failing disk must not fill memory). An empty
+// channel accepts one batch of any size under max_bytes (as the memory channel does). Space
+// listeners fire when a segment is deleted or free space comes back.
+//
+// Threads: everything except the writer runs on the loop thread. Reads (pread) of old records
+// happen on the loop thread; the read cache makes them rare for consumers that keep up.
+//
+// Metrics: ChannelSize, ChannelBytes (on disk), ChannelCapacity (max_bytes),
+// ChannelFillPercentage, EventPutAttemptCount, EventPutSuccessCount, PutRefusedCount,
+// EventTakeAttemptCount, EventTakeSuccessCount, RollbackCount, FsyncCount, FsyncLatencyMaxMs
+// (largest fdatasync of the last 10 s), CorruptRecordCount, DamagedSegmentCount,
+// WriteErrorCount, and ConsumerLag_<consumer> per consumer.
+
+#include <uv.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "agent/channel.h"
+#include "agent/metrics.h"
+#include "agent/options.h"
+#include "agent/registry.h"
+#include "channels/file/file_ops.h"
+#include "channels/file/record.h"
+
+namespace sluice {
+
+struct FileChannelConfig {
+  std::string dir;  // empty: <agent.data_dir>/channels/<name>
+  uint64_t segment_bytes = 64ull << 20;
+  uint64_t max_bytes = 8ull << 30;
+  uint64_t min_free_bytes = 512ull << 20;
+  std::string fsync = "batch";  // batch | interval
+  Millis fsync_interval{1000};
+  Millis checkpoint_interval{1000};
+  uint64_t read_cache_bytes = 16ull << 20;
+  Millis retry_backoff{100};
+  bool operator==(const FileChannelConfig&) const = default;
+};
+
+class FileChannel;
+
+namespace filech {
+// Where a record lives. seq is the event number of the record's first event.
+struct Loc {
+  uint64_t seg = 0;
+  uint64_t off = 0;
+  uint64_t seq = 0;
+};
+}  // namespace filech
+
+class FileCursor final : public Cursor {
+ public:
+  Take take(size_t max_events, size_t max_bytes) override;
+  uint64_t lag() const override;
+  void setOnReady(std::function<void()> fn) override { on_ready_ = std::move(fn); }
+  uint64_t lowWaterMark() const { return low_water_; }
+
+ protected:
+  void commitTake(uint64_t id) override;
+  void rollbackTake(uint64_t id) override;
+
+ private:
+  friend class FileChannel;
+  using Loc = filech::Loc;
+  struct Range {
+    uint64_t begin, end;  // [begin, end)
+    Loc loc;              // the record holding begin
+  };
+  struct TakeRecord {
+    uint64_t id = 0;
+    std::vector<Range> ranges;
+    uint64_t events = 0;
+  };
+
+  FileCursor(FileChannel* channel, std::string name, uint64_t start, Loc loc);
+  void requeue(const Range& r);
+  size_t findRecord(uint64_t id) const;
+  void recomputeLowWater();
+  void settleDetached(size_t index);
+
+  FileChannel* channel_;
+  std::string name_;
+  uint64_t next_pos_;
+  Loc next_loc_;
+  uint64_t low_water_;
+  Loc low_loc_;
+  uint64_t persisted_low_ = UINT64_MAX;
+  bool dirty_ = false;
+  std::vector<Range> rolled_back_;
+  uint64_t rolled_back_events_ = 0;
+  std::vector<TakeRecord> outstanding_;
+  uint64_t outstanding_events_ = 0;
+  uint64_t next_take_id_ = 1;
+  bool wants_ready_ = false;
+  bool ready_queued_ = false;
+  std::function<void()> on_ready_;
+};
+
+class FileChannel final : public Channel {
+ public:
+  // Use makeFileChannel: it returns null when the directory cannot be opened or is locked.
+  FileChannel(const FileChannelConfig& config, const BuildContext& context, FileOpsPtr ops);
+  ~FileChannel() override;
+  FileChannel(const FileChannel&) = delete;
+  FileChannel& operator=(const FileChannel&) = delete;
+
+  bool ok() const { return ok_; }
+  const std::string& dir() const { return dir_; }
+
+  bool hasRoom(size_t events, size_t bytes) const override;
+  bool put(std::shared_ptr<const Batch> batch, PutOptions options = {}) override;
+  std::map<std::string, std::string> positions() const override { return positions_; }
+  uint64_t addSpaceListener(std::function<void()> fn) override;
+  void removeSpaceListener(uint64_t handle) override;
+  Cursor& cursor(const std::string& consumer) override;
+  void dropCursor(const std::string& consumer) override;
+  ChannelStats stats() const override;
+
+  // Applies every option but `dir` in place (the writer picks them up before its next group);
+  // false when the directory changes.
+  bool reconfigure(const FileChannelConfig& config);
+  const FileChannelConfig& config() const { return config_; }
+  const MetricSetPtr& metrics() const { return metrics_; }
+  // Queues the writes of every dirty cursor now (tests; stop does it too).
+  void checkpoint();
+  // Tests: the destructor then behaves like kill -9 as far as cursors go (no final checkpoint;
+  // what was committed since the last one is delivered again after the restart).
+  void simulateCrashForTest() { crashed_ = true; }
+  // Number of segment files held.
+  size_t segmentCount() const { return segments_.size(); }
+
+ private:
+  friend class FileCursor;
+  using Loc = filech::Loc;
+
+  struct Segment {
+    std::string path;
+    uint64_t size = 0;  // durable bytes (what cursors may read)
+    int read_fd = -1;
+  };
+  struct Rec {
+    std::shared_ptr<const Batch> batch;
+    Loc loc;
+    Loc next;
+    filech::Positions positions;  // only when read from disk
+  };
+  struct CacheEntry {
+    Rec rec;
+    uint64_t bytes = 0;
+  };
+  struct TakeBuilder {
+    size_t max_events = 1;
+    size_t max_bytes = 0;
+    size_t events = 0;
+    size_t bytes = 0;
+    bool full = false;
+    std::vector<Slice> slices;
+  };
+  struct PersistedCursor {
+    uint64_t low = 0;
+    Loc loc;
+  };
+
+  // Writer side.
+  struct Job {
+    enum class Kind { Append, WriteFile, Unlink } kind = Kind::Append;
+    uint64_t id = 0;
+    uint64_t seq = 0;
+    std::shared_ptr<const Batch> batch;
+    filech::Positions positions;
+    uint64_t reserved = 0;
+    std::string path, path2, content;
+  };
+  struct Done {
+    uint64_t id = 0;
+    std::shared_ptr<const Batch> batch;
+    filech::Positions positions;
+    uint64_t seq = 0;
+    uint64_t events = 0;
+    uint64_t reserved = 0;
+    Loc loc;
+    uint64_t next_off = 0;
+    std::string seg_path;
+  };
+
+  // Start-up.
+  bool open();
+  // Reads every record of a segment for its positions; for the last one also finds the tail
+  // and cuts a torn tail off.
+  void scanSegment(uint64_t key, bool last);
+  void applyRecordPositions(const filech::Positions& p);
+  bool readPersistedCursor(const std::string& file, PersistedCursor& out);
+  bool readPositionsFile(uint64_t& seg);
+
+  // Reading.
+  enum class ReadResult { Ok, End, Retry };
+  ReadResult readAt(Loc& loc, Rec& out);
+  // Reads the record at loc from disk: 1 ok, 0 invalid record, -1 I/O error, -2 cannot open.
+  int readRecordFromDisk(Segment& seg, const Loc& loc, Rec& out);
+  // Offset of the next valid record at or after `from` in seg; seg.size when none.
+  uint64_t scanForward(Segment& seg, uint64_t from, uint64_t& seq);
+  void reportCorrupt(uint64_t seg, uint64_t off, const char* why);
+  void markDamaged(uint64_t seg, int error);
+  int readFd(Segment& seg);
+  void cacheInsert(const Rec& rec);
+  uint64_t collect(uint64_t pos, uint64_t end, Loc& loc, TakeBuilder& tb);
+  uint64_t eventBytesRange(const Batch& b, uint32_t begin, uint32_t end) const;
+
+  // Freeing and persistence.
+  void maybeFree();
+  void cursorDirty(FileCursor* c);
+  void writeCursor(FileCursor* c);
+  uint64_t heldLow() const;
+
+  // Deferred callbacks.
+  void queueReady(FileCursor* cursor);
+  void schedule();
+  static void onAsync(uv_async_t* handle);
+  void dispatch();
+  void updateRef();
+  double fillPercentage() const;
+
+  // Writer thread.
+  void enqueue(Job job);
+  void writerMain();
+  void writeGroup(std::vector<Job>& group, size_t& index);
+  bool ensureSegment(uint64_t seq, uint64_t record_bytes);
+  bool writeAll(int fd, const std::string& data, uint64_t offset);
+  void writeMeta(const Job& job);
+  bool writeMetaOnce(const Job& job);
+  // Waits delay_ms (doubling it, up to 5 s); false when the channel is stopping.
+  bool backoff(uint64_t& delay_ms);
+  void signalLoop();
+  void refreshFree();
+  void recordFsync(double ms);
+  std::string positionsFileContent(uint64_t seg) const;
+
+  std::string segPath(uint64_t key) const;
+
+  FileChannelConfig config_;
+  std::string name_;
+  std::string dir_;
+  FileOpsPtr ops_;
+  MetricSetPtr metrics_;
+  bool ok_ = false;
+  bool crashed_ = false;
+  int lock_fd_ = -1;
+  Counter* put_attempt_;
+  Counter* put_success_;
+  Counter* put_refused_;
+  Counter* take_attempt_;
+  Counter* take_success_;
+  Counter* rollback_;
+  Counter* fsync_count_;
+  Counter* corrupt_;
+  Counter* damaged_;
+  Counter* write_errors_;
+
+  // Loop-thread state.
+  std::map<uint64_t, Segment> segments_;
+  uint64_t head_pos_ = 0;      // first event of the oldest segment
+  uint64_t tail_pos_ = 0;      // next event number made visible (durable)
+  uint64_t assign_pos_ = 0;    // next event number given to a put
+  uint64_t disk_bytes_ = 0;    // sum of segment sizes
+  uint64_t queued_bytes_ = 0;  // reserved by queued puts
+  uint64_t inflight_ = 0;      // puts queued, not yet completed
+  std::map<std::string, std::string> positions_;
+  std::map<std::string, PersistedCursor> persisted_;  // cursor files not (yet) opened
+  std::unordered_map<std::string, FileCursor*> cursors_;
+  std::set<std::pair<uint64_t, uint64_t>> reported_;           // corrupt records already counted
+  std::map<std::pair<uint64_t, uint64_t>, CacheEntry> cache_;  // by (segment, offset)
+  std::deque<std::pair<uint64_t, uint64_t>> cache_order_;
+  uint64_t cache_bytes_ = 0;
+  std::unordered_map<uint64_t, std::function<void()>> durable_;  // by put id
+  uint64_t next_put_id_ = 1;
+  std::vector<std::function<void()>> durable_queue_;
+
+  struct Listener {
+    uint64_t id;
+    std::function<void()> fn;
+    bool removed;
+  };
+  std::vector<Listener> listeners_;
+  uint64_t next_listener_id_ = 1;
+  mutable bool space_wanted_ = false;
+  bool space_queued_ = false;
+  std::vector<FileCursor*> ready_queue_;
+  std::vector<FileCursor*> firing_ready_;
+  bool firing_listeners_ = false;
+  bool dispatch_pending_ = false;
+  bool* destroyed_ = nullptr;
+  uv_async_t* async_ = nullptr;
+  uv_timer_t* checkpoint_timer_ = nullptr;
+  bool checkpoint_armed_ = false;
+  bool referenced_ = false;
+
+  // Shared with the writer (under mutex_).
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  std::vector<Done> done_;
+  bool writer_signal_ = false;  // the writer has news (free space, errors) besides done_
+  bool stopping_ = false;
+  std::thread writer_;
+  std::atomic<uint64_t> free_bytes_{UINT64_MAX};
+  std::atomic<uint64_t> min_free_{0};
+  std::atomic<uint64_t> fsync_max_us_{0};
+  std::atomic<uint64_t> fsync_max_prev_us_{0};
+
+  FileChannelConfig pending_config_;  // under mutex_: what the writer uses next
+
+  // Writer-only state.
+  FileChannelConfig wcfg_;
+  int active_fd_ = -1;
+  uint64_t active_seg_ = 0;
+  uint64_t active_size_ = 0;
+  bool have_active_ = false;
+  bool unsynced_ = false;
+  std::map<std::string, std::string> writer_positions_;
+  std::chrono::steady_clock::time_point last_sync_{};
+  std::chrono::steady_clock::time_point fsync_window_{};
+};
+
+// Builds a file channel; null (after logging why) when its directory cannot be used.
+std::shared_ptr<FileChannel> makeFileChannel(const FileChannelConfig& config,
+                                             const BuildContext& context, FileOpsPtr ops = nullptr);
+
+void registerFileChannel(Registry& registry);
+
+}  // namespace sluice

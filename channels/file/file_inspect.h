@@ -1,0 +1,16 @@
+#pragma once
+// `sluice channel inspect DIR`: what a file channel's directory holds, checked record by record,
+// without starting the agent or taking its lock (read-only; safe while an agent runs, though a
+// live tail may then show as torn).
+
+#include <ostream>
+#include <string>
+
+namespace sluice {
+
+// Prints segments (size, records, events, event range, invalid records with offsets), cursors
+// and positions to `out`. Returns 0 when every record verifies, 1 when damage was found, 2 when
+// the directory cannot be read.
+int inspectFileChannel(const std::string& dir, std::ostream& out);
+
+}  // namespace sluice

@@ -1,0 +1,665 @@
+#include "channels/file/file_channel.h"
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "agent/registry.h"
+#include "channels/file/file_inspect.h"
+#include "channels/file/file_ops.h"
+
+namespace sluice {
+namespace {
+
+namespace fs = std::filesystem;
+using Op = FaultyFileOps::Op;
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/sluice-filech-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+// A real loop; a watchdog timer fails a test that would otherwise wait for ever.
+struct TestLoop {
+  uv_loop_t loop{};
+  TestLoop() { REQUIRE(uv_loop_init(&loop) == 0); }
+  ~TestLoop() {
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+  }
+  template <class Pred>
+  bool runUntil(Pred pred) {
+    uv_timer_t watchdog;
+    uv_timer_init(&loop, &watchdog);
+    bool expired = false;
+    watchdog.data = &expired;
+    uv_timer_start(
+        &watchdog, [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; }, 20000, 0);
+    while (!pred() && !expired) uv_run(&loop, UV_RUN_ONCE);
+    uv_close(reinterpret_cast<uv_handle_t*>(&watchdog), nullptr);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    return !expired;
+  }
+  BuildContext context() {
+    BuildContext ctx;
+    ctx.name = "disk";
+    ctx.loop = &loop;
+    return ctx;
+  }
+};
+
+std::shared_ptr<const Batch> makeBatch(int first, int count, size_t body_size = 8) {
+  auto b = std::make_shared<Batch>();
+  for (int i = 0; i < count; ++i) {
+    std::string body = "e" + std::to_string(first + i);
+    if (body.size() < body_size) body.append(body_size - body.size(), '.');
+    uint32_t idx = b->add(body, 1000 + first + i);
+    b->setHeader(idx, "host", "h1");
+  }
+  return b;
+}
+
+std::vector<std::string> names(const Take& t) {
+  std::vector<std::string> out;
+  t.forEach([&out](EventView ev) {
+    std::string body(ev.body());
+    out.push_back(body.substr(0, body.find('.')));
+  });
+  return out;
+}
+
+std::vector<std::string> range(int first, int count) {
+  std::vector<std::string> out;
+  for (int i = first; i < first + count; ++i) out.push_back("e" + std::to_string(i));
+  return out;
+}
+
+FileChannelConfig config(const std::string& dir) {
+  FileChannelConfig c;
+  c.dir = dir;
+  c.segment_bytes = 4096;
+  c.max_bytes = 1 << 20;
+  c.min_free_bytes = 0;
+  c.retry_backoff = Millis(1);
+  c.checkpoint_interval = Millis(5);
+  return c;
+}
+
+// Puts a batch and runs the loop until it is durable.
+void putDurable(TestLoop& tl, FileChannel& ch, std::shared_ptr<const Batch> b,
+                PutOptions opts = {}) {
+  bool durable = false;
+  opts.on_durable = [&durable] { durable = true; };
+  REQUIRE(ch.put(std::move(b), std::move(opts)));
+  REQUIRE(tl.runUntil([&] { return durable; }));
+}
+
+// Takes everything available, committing it.
+std::vector<std::string> drain(Cursor& c, size_t max_events = 1000) {
+  std::vector<std::string> out;
+  for (;;) {
+    Take t = c.take(max_events, 1 << 20);
+    if (!t) break;
+    auto n = names(t);
+    out.insert(out.end(), n.begin(), n.end());
+    t.commit();
+  }
+  return out;
+}
+
+std::vector<std::string> segmentFiles(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::string n = e.path().filename();
+    if (n.rfind("seg-", 0) == 0 && n.size() == 28) out.push_back(n);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST_CASE("file channel: round trip across segments, visible only once durable") {
+  TempDir dir;
+  TestLoop tl;
+  auto ch = makeFileChannel(config(dir.path), tl.context());
+  REQUIRE(ch);
+  Cursor& c = ch->cursor("out");
+  CHECK_FALSE(c.take(10, 1 << 20));
+  REQUIRE(ch->put(makeBatch(0, 10, 100)));
+  CHECK_FALSE(c.take(10, 1 << 20));  // not durable yet
+  bool ready = false;
+  c.setOnReady([&] { ready = true; });
+  REQUIRE(tl.runUntil([&] { return ready; }));
+  for (int i = 1; i < 20; ++i) putDurable(tl, *ch, makeBatch(i * 10, 10, 100));
+  CHECK(segmentFiles(dir.path).size() > 3);
+  auto gauge = [&](const std::string& name) {
+    for (const auto& smp : ch->metrics()->samples()) {
+      if (smp.name == name) return smp.value;
+    }
+    return -1.0;
+  };
+  CHECK(gauge("ConsumerLag_out") == 200);
+  CHECK(gauge("ChannelSize") == 200);
+  CHECK(gauge("ChannelBytes") > 20000);
+  CHECK(gauge("FsyncLatencyMaxMs") >= 0);
+  CHECK(drain(c, 7) == range(0, 200));
+  CHECK(gauge("ConsumerLag_out") == 0);
+  CHECK(gauge("ChannelSize") == 0);
+  CHECK(c.lag() == 0);
+  CHECK(ch->metrics()->counter("FsyncCount").value() >= 20);
+  // Everything committed: the old segments go (the one being written stays).
+  tl.runUntil([&] { return segmentFiles(dir.path).size() == 1; });
+  CHECK(segmentFiles(dir.path).size() == 1);
+}
+
+TEST_CASE("file channel: rollback comes first, out-of-order commits, two consumers") {
+  TempDir dir;
+  TestLoop tl;
+  auto ch = makeFileChannel(config(dir.path), tl.context());
+  REQUIRE(ch);
+  Cursor& a = ch->cursor("a");
+  Cursor& b = ch->cursor("b");
+  putDurable(tl, *ch, makeBatch(0, 10));
+  putDurable(tl, *ch, makeBatch(10, 10));
+  Take t1 = a.take(5, 1 << 20);
+  Take t2 = a.take(10, 1 << 20);
+  CHECK(names(t1) == range(0, 5));
+  CHECK(names(t2) == range(5, 10));
+  t2.commit();
+  t1.rollback();
+  CHECK(a.lag() == 10);
+  Take t3 = a.take(100, 1 << 20);
+  CHECK(names(t3) ==
+        std::vector<std::string>{"e0", "e1", "e2", "e3", "e4", "e15", "e16", "e17", "e18", "e19"});
+  t3.commit();
+  CHECK(a.lag() == 0);
+  CHECK(drain(b) == range(0, 20));
+}
+
+TEST_CASE("file channel: restart keeps uncommitted events and cursors, reads no old segment") {
+  TempDir dir;
+  {
+    TestLoop tl;
+    auto ch = makeFileChannel(config(dir.path), tl.context());
+    REQUIRE(ch);
+    Cursor& c = ch->cursor("out");
+    for (int i = 0; i < 30; ++i) putDurable(tl, *ch, makeBatch(i * 10, 10, 100));
+    Take t = c.take(55, 1 << 20);
+    CHECK(t.events() == 55);
+    t.commit();
+    Take lost = c.take(10, 1 << 20);  // outstanding at the crash: delivered again
+    ch.reset();
+  }
+  auto files = segmentFiles(dir.path);
+  REQUIRE(files.size() > 3);
+  auto ops = std::make_shared<FaultyFileOps>();
+  TestLoop tl;
+  auto ch = makeFileChannel(config(dir.path), tl.context(), ops);
+  REQUIRE(ch);
+  // Start-up read only the last segment.
+  for (size_t i = 0; i + 1 < files.size(); ++i) CHECK(ops->bytesRead(files[i]) == 0);
+  CHECK(ops->bytesRead(files.back()) > 0);
+  Cursor& c = ch->cursor("out");
+  CHECK(c.lag() == 300 - 55);
+  CHECK(drain(c) == range(55, 245));
+  putDurable(tl, *ch, makeBatch(300, 5));
+  CHECK(drain(c) == range(300, 5));
+}
+
+TEST_CASE("file channel: a second instance on the same directory is refused") {
+  TempDir dir;
+  TestLoop tl;
+  auto first = makeFileChannel(config(dir.path), tl.context());
+  REQUIRE(first);
+  auto second = makeFileChannel(config(dir.path), tl.context());
+  CHECK_FALSE(second);
+}
+
+TEST_CASE("file channel: torn tail is cut off, a flipped byte in the middle is skipped") {
+  TempDir dir;
+  {
+    TestLoop tl;
+    auto ch = makeFileChannel(config(dir.path), tl.context());
+    REQUIRE(ch);
+    ch->cursor("out");
+    for (int i = 0; i < 6; ++i) putDurable(tl, *ch, makeBatch(i * 10, 10, 20));
+  }
+  auto files = segmentFiles(dir.path);
+  REQUIRE(files.size() == 1);
+  std::string path = dir.path + "/" + files[0];
+  auto size = fs::file_size(path);
+  uint64_t rec = size / 6;  // records are equal-sized here
+  {
+    // Flip a byte inside the payload of the third record; append half a record of garbage.
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(2 * rec + 40));
+    char ch = 0;
+    f.seekg(static_cast<std::streamoff>(2 * rec + 40));
+    f.read(&ch, 1);
+    ch = static_cast<char>(ch ^ 0x5a);
+    f.seekp(static_cast<std::streamoff>(2 * rec + 40));
+    f.write(&ch, 1);
+    f.seekp(0, std::ios::end);
+    std::string torn(rec / 2, 'x');
+    torn[0] = 'S';
+    torn[1] = 'L';
+    torn[2] = 'R';
+    torn[3] = 'C';
+    f.write(torn.data(), static_cast<std::streamsize>(torn.size()));
+  }
+  {
+    // `sluice channel inspect` sees both, without opening the channel.
+    std::ostringstream report;
+    CHECK(inspectFileChannel(dir.path, report) == 1);
+    CHECK(report.str().find("invalid record at offset " + std::to_string(2 * rec)) !=
+          std::string::npos);
+    CHECK(report.str().find("torn tail at offset " + std::to_string(size)) != std::string::npos);
+    CHECK(report.str().find("cursor-out  low water 0") != std::string::npos);
+  }
+  TestLoop tl;
+  auto ch = makeFileChannel(config(dir.path), tl.context());
+  REQUIRE(ch);
+  CHECK(fs::file_size(path) == size);  // the torn tail is gone
+  CHECK(ch->metrics()->counter("CorruptRecordCount").value() == 1);
+  Cursor& c = ch->cursor("out");
+  auto expect = range(0, 20);
+  auto rest = range(30, 30);
+  expect.insert(expect.end(), rest.begin(), rest.end());
+  CHECK(drain(c) == expect);
+  putDurable(tl, *ch, makeBatch(60, 3));
+  CHECK(drain(c) == range(60, 3));
+}
+
+TEST_CASE("file channel: positions are durable with the batch and come back after restart") {
+  TempDir dir;
+  {
+    TestLoop tl;
+    auto ch = makeFileChannel(config(dir.path), tl.context());
+    REQUIRE(ch);
+    for (int i = 0; i < 20; ++i) {
+      PutOptions o;
+      o.positions = {{"file:a", std::to_string(i * 100)}, {"file:" + std::to_string(i), "x"}};
+      putDurable(tl, *ch, makeBatch(i * 10, 10, 100), std::move(o));
+    }
+    CHECK(ch->positions().at("file:a") == "1900");
+  }
+  REQUIRE(segmentFiles(dir.path).size() > 2);
+  TestLoop tl;
+  auto ch = makeFileChannel(config(dir.path), tl.context());
+  REQUIRE(ch);
+  auto p = ch->positions();
+  CHECK(p.at("file:a") == "1900");
+  CHECK(p.size() == 21);
+  CHECK(p.at("file:0") == "x");
+}
+
+TEST_CASE("file channel: capacity gives backpressure and a space listener fires on free") {
+  TempDir dir;
+  TestLoop tl;
+  auto cfg = config(dir.path);
+  cfg.max_bytes = 64 * 1024;
+  auto ch = makeFileChannel(cfg, tl.context());
+  REQUIRE(ch);
+  Cursor& c = ch->cursor("out");
+  int put = 0;
+  while (ch->hasRoom(10, 1000)) putDurable(tl, *ch, makeBatch(put++ * 10, 10, 100));
+  CHECK(put > 10);
+  CHECK_FALSE(ch->put(makeBatch(9999, 10, 100)));
+  bool room = false;
+  ch->addSpaceListener([&] { room = true; });
+  drain(c);
+  REQUIRE(tl.runUntil([&] { return room; }));
+  CHECK(ch->hasRoom(10, 1000));
+}
+
+TEST_CASE("file channel: min_free_bytes gives backpressure") {
+  TempDir dir;
+  TestLoop tl;
+  auto ops = std::make_shared<FaultyFileOps>();
+  ops->setFreeBytes(1 << 20);
+  auto cfg = config(dir.path);
+  cfg.min_free_bytes = 2 << 20;
+  auto ch = makeFileChannel(cfg, tl.context(), ops);
+  REQUIRE(ch);
+  CHECK_FALSE(ch->hasRoom(1, 10));
+  bool room = false;
+  ch->addSpaceListener([&] { room = true; });
+  ops->setFreeBytes(100 << 20);
+  REQUIRE(tl.runUntil([&] { return room; }));  // the writer's periodic statvfs noticed
+  CHECK(ch->hasRoom(1, 10));
+}
+
+// Every fault, at every step of a put: the put waits, nothing acknowledged is lost.
+TEST_CASE("file channel: injected faults delay puts but lose nothing") {
+  struct Case {
+    const char* what;
+    Op op;
+    int error;
+  };
+  std::vector<Case> cases = {
+      {"pwrite ENOSPC", Op::Pwrite, -ENOSPC}, {"pwrite EIO", Op::Pwrite, -EIO},
+      {"fdatasync EIO", Op::Fdatasync, -EIO}, {"fsync (metadata) EIO", Op::Fsync, -EIO},
+      {"rename ENOSPC", Op::Rename, -ENOSPC}, {"open ENOSPC", Op::Open, -ENOSPC},
+      {"fsync dir EIO", Op::FsyncDir, -EIO},  {"short write", Op::Pwrite, 0}};
+  // step 0: the fault lasts until cleared; step n > 0: only the nth call of that kind fails.
+  for (const auto& fc : cases) {
+    for (int step = 0; step <= 4; ++step) {
+      CAPTURE(fc.what);
+      CAPTURE(step);
+      TempDir dir;
+      TestLoop tl;
+      auto ops = std::make_shared<FaultyFileOps>();
+      auto ch = makeFileChannel(config(dir.path), tl.context(), ops);
+      REQUIRE(ch);
+      Cursor& c = ch->cursor("out");
+      int acked = 0;
+      int next = 0;
+      // Given puts that roll segments, checkpoint cursors and delete segments...
+      auto putMany = [&](int count) {
+        for (int i = 0; i < count; ++i) {
+          PutOptions o;
+          o.on_durable = [&acked] { ++acked; };
+          REQUIRE(ch->put(makeBatch(next, 10, 100), std::move(o)));
+          next += 10;
+        }
+      };
+      putMany(3);
+      REQUIRE(tl.runUntil([&] { return acked == 3; }));
+      drain(c);
+      // ...when the fault persists, puts wait and the error metric counts...
+      if (fc.error == 0) {
+        ops->shortWriteAt(static_cast<uint64_t>(step + 1));
+      } else if (step == 0) {
+        ops->failAlways(fc.op, fc.error);
+      } else {
+        ops->failAt(fc.op, static_cast<uint64_t>(step), fc.error);
+      }
+      std::vector<std::string> got;
+      auto errors = [&] { return ch->metrics()->counter("WriteErrorCount").value(); };
+      if (step == 0 && fc.error != 0) {
+        putMany(6);
+        REQUIRE(tl.runUntil([&] { return errors() > 0; }));
+        // A data write or sync that keeps failing holds every later put back.
+        if (fc.op == Op::Pwrite || fc.op == Op::Fdatasync) CHECK(acked == 3);
+      } else {
+        // One put at a time, each followed by a commit and a cursor checkpoint, so the nth
+        // call of every kind happens.
+        for (int i = 0; i < 6; ++i) {
+          putMany(1);
+          REQUIRE(tl.runUntil([&] { return acked == 4 + i; }));
+          auto n = drain(c);
+          got.insert(got.end(), n.begin(), n.end());
+          ch->checkpoint();
+        }
+        CHECK(ops->faultsInjected() == 1);
+      }
+      // ...then clears: every put completes and every event is delivered once, in order.
+      ops->clear();
+      REQUIRE(tl.runUntil([&] { return acked == 9; }));
+      tl.runUntil([&] {
+        auto n = drain(c);
+        got.insert(got.end(), n.begin(), n.end());
+        return got.size() >= 60;
+      });
+      CHECK(got == range(30, 60));
+      // And after a restart, nothing committed comes back, nothing is missing.
+      putMany(1);
+      REQUIRE(tl.runUntil([&] { return acked == 10; }));
+      ch.reset();
+      auto again = makeFileChannel(config(dir.path), tl.context());
+      REQUIRE(again);
+      CHECK(drain(again->cursor("out")) == range(90, 10));
+    }
+  }
+}
+
+TEST_CASE("file channel: an unreadable segment is moved aside, counted and skipped") {
+  TempDir dir;
+  {
+    TestLoop tl;
+    auto ch = makeFileChannel(config(dir.path), tl.context());
+    REQUIRE(ch);
+    ch->cursor("out");
+    for (int i = 0; i < 12; ++i) putDurable(tl, *ch, makeBatch(i * 10, 10, 100));
+  }
+  auto files = segmentFiles(dir.path);
+  REQUIRE(files.size() >= 3);
+  auto ops = std::make_shared<FaultyFileOps>();
+  TestLoop tl;
+  auto ch = makeFileChannel(config(dir.path), tl.context(), ops);
+  REQUIRE(ch);
+  ops->failAt(Op::Pread, 1, -EIO);  // the first read of the oldest segment
+  Cursor& c = ch->cursor("out");
+  auto got = drain(c);
+  CHECK(ch->metrics()->counter("DamagedSegmentCount").value() == 1);
+  CHECK(fs::exists(dir.path + "/" + files[0] + ".damaged"));
+  REQUIRE(!got.empty());
+  CHECK(got.back() == "e119");
+  CHECK(got.front() != "e0");
+  // Start-up again: the damaged file is ignored.
+  ch.reset();
+  auto again = makeFileChannel(config(dir.path), tl.context());
+  REQUIRE(again);
+}
+
+TEST_CASE("file channel: fsync interval completes puts after write and syncs later") {
+  TempDir dir;
+  TestLoop tl;
+  auto ops = std::make_shared<FaultyFileOps>();
+  auto cfg = config(dir.path);
+  cfg.fsync = "interval";
+  cfg.fsync_interval = Millis(10);
+  auto ch = makeFileChannel(cfg, tl.context(), ops);
+  REQUIRE(ch);
+  Cursor& c = ch->cursor("out");
+  for (int i = 0; i < 5; ++i) putDurable(tl, *ch, makeBatch(i * 10, 10, 100));
+  CHECK(drain(c) == range(0, 50));
+  REQUIRE(tl.runUntil([&] { return ops->calls(Op::Fdatasync) > 0; }));
+  CHECK(ops->calls(Op::Fdatasync) < 5 + 3);
+}
+
+TEST_CASE("file channel: positions-only puts never roll a segment onto its own name") {
+  TempDir dir;
+  TestLoop tl;
+  auto cfg = config(dir.path);
+  auto ch = makeFileChannel(cfg, tl.context());
+  REQUIRE(ch);
+  Cursor& c = ch->cursor("out");
+  for (int i = 0; i < 200; ++i) {
+    PutOptions o;
+    o.positions = {{"k", std::to_string(i) + std::string(40, 'p')}};
+    putDurable(tl, *ch, std::make_shared<Batch>(), std::move(o));
+  }
+  putDurable(tl, *ch, makeBatch(0, 3));
+  CHECK(drain(c) == range(0, 3));
+  CHECK(ch->positions().at("k").rfind("199", 0) == 0);
+  ch.reset();
+  auto again = makeFileChannel(cfg, tl.context());
+  REQUIRE(again);
+  CHECK(again->positions().at("k").rfind("199", 0) == 0);
+}
+
+TEST_CASE("file channel: reconfigure applies in place unless the directory changes") {
+  TempDir dir;
+  TestLoop tl;
+  auto cfg = config(dir.path);
+  auto ch = makeFileChannel(cfg, tl.context());
+  REQUIRE(ch);
+  Cursor& c = ch->cursor("out");
+  cfg.segment_bytes = 1 << 20;
+  cfg.fsync = "interval";
+  cfg.max_bytes = 2 << 20;
+  CHECK(ch->reconfigure(cfg));
+  for (int i = 0; i < 20; ++i) putDurable(tl, *ch, makeBatch(i * 10, 10, 100));
+  CHECK(segmentFiles(dir.path).size() == 1);  // the larger segments apply
+  CHECK(ch->stats().capacity_bytes == (2u << 20));
+  CHECK(drain(c) == range(0, 200));
+  auto moved = cfg;
+  moved.dir = dir.path + "/elsewhere";
+  CHECK_FALSE(ch->reconfigure(moved));
+}
+
+TEST_CASE("file channel: registered with its option table") {
+  Registry registry;
+  registerFileChannel(registry);
+  const ComponentType* t = registry.find(Kind::Channel, "file");
+  REQUIRE(t);
+  std::vector<std::string> keys;
+  for (const auto& o : t->options) keys.push_back(o.key);
+  CHECK(std::find(keys.begin(), keys.end(), "max_bytes") != keys.end());
+  CHECK(std::find(keys.begin(), keys.end(), "fsync") != keys.end());
+}
+
+// Random sequences of put / take / commit / rollback / checkpoint / clean restart / crash (with
+// a torn tail) against a simple model. Invariants: every acknowledged put is delivered and
+// committed at least once; first deliveries come in put order; after a clean restart nothing
+// of the committed prefix is delivered again.
+TEST_CASE("file channel: model-based random sequences") {
+  for (uint32_t seed = 1; seed <= 12; ++seed) {
+    CAPTURE(seed);
+    std::mt19937 rng(seed);
+    auto pick = [&rng](int n) { return static_cast<int>(rng() % static_cast<uint32_t>(n)); };
+    TempDir dir;
+    TestLoop tl;
+    auto cfg = config(dir.path);
+    cfg.checkpoint_interval = Millis(1000);  // coalesced: crashes redeliver recent commits
+    auto ch = makeFileChannel(cfg, tl.context());
+    REQUIRE(ch);
+    int next_id = 0;
+    int acked_upto = 0;       // events [0, acked_upto) are acknowledged
+    std::set<int> committed;  // ever committed
+    std::set<int> effective;  // committed since the last crash (a crash may undo more)
+    int safe_low = 0;         // at a clean restart, the committed prefix: never delivered again
+    std::set<int> seen;       // ever delivered
+    int highest_first = -1;
+    std::vector<Take> takes;
+    auto id = [](const std::string& name) { return std::stoi(name.substr(1)); };
+    auto takeOne = [&](size_t max) {
+      Take t = ch->cursor("out").take(max, 1 << 20);
+      if (!t) return;
+      for (const auto& n : names(t)) {
+        int e = id(n);
+        CHECK(e >= safe_low);
+        if (!seen.count(e)) {
+          CHECK(e > highest_first);
+          highest_first = e;
+          seen.insert(e);
+        }
+      }
+      takes.push_back(std::move(t));
+    };
+    auto settle = [&](size_t i, bool commit) {
+      if (commit) {
+        takes[i].forEach([&](EventView ev) {
+          std::string b(ev.body());
+          committed.insert(id(b.substr(0, b.find('.'))));
+          effective.insert(id(b.substr(0, b.find('.'))));
+        });
+        takes[i].commit();
+      }
+      takes.erase(takes.begin() + static_cast<ptrdiff_t>(i));
+    };
+    auto reopen = [&](bool crash) {
+      if (crash) {
+        ch->simulateCrashForTest();
+        effective.clear();
+      }
+      if (!crash) {
+        while (!takes.empty()) settle(0, false);
+      }
+      ch.reset();
+      takes.clear();
+      if (crash && pick(2) == 0) {
+        auto files = segmentFiles(dir.path);
+        if (!files.empty()) {
+          std::ofstream f(dir.path + "/" + files.back(), std::ios::app | std::ios::binary);
+          std::string torn = "SLRC" + std::string(static_cast<size_t>(1 + pick(60)), '\x7f');
+          f.write(torn.data(), static_cast<std::streamsize>(torn.size()));
+        }
+      }
+      if (!crash) {
+        // A cursor persists its low water: what was committed above a rolled-back take comes
+        // again (at least once); the committed prefix never does.
+        while (effective.count(safe_low)) ++safe_low;
+      }
+      ch = makeFileChannel(cfg, tl.context());
+      REQUIRE(ch);
+    };
+    for (int step = 0; step < 150; ++step) {
+      switch (pick(10)) {
+        case 0:
+        case 1:
+        case 2: {
+          int n = 1 + pick(15);
+          int first = next_id;
+          next_id += n;
+          PutOptions o;
+          o.on_durable = [&acked_upto, first, n] { acked_upto = std::max(acked_upto, first + n); };
+          REQUIRE(ch->put(makeBatch(first, n, 1 + static_cast<size_t>(pick(200))), std::move(o)));
+          if (pick(2)) REQUIRE(tl.runUntil([&] { return acked_upto == next_id; }));
+          break;
+        }
+        case 3:
+        case 4:
+          takeOne(1 + static_cast<size_t>(pick(30)));
+          break;
+        case 5:
+        case 6:
+          if (!takes.empty())
+            settle(static_cast<size_t>(pick(static_cast<int>(takes.size()))), true);
+          break;
+        case 7:
+          if (!takes.empty())
+            settle(static_cast<size_t>(pick(static_cast<int>(takes.size()))), false);
+          break;
+        case 8:
+          ch->checkpoint();
+          break;
+        case 9:
+          if (pick(3) == 0) {
+            REQUIRE(tl.runUntil([&] { return acked_upto == next_id; }));
+            reopen(pick(2) == 0);
+            // Puts that were queued but not acknowledged at a crash may or may not be there:
+            // the model only holds acknowledged ones.
+            next_id = std::max(next_id, acked_upto);
+          }
+          break;
+      }
+    }
+    // Drain everything and check nothing acknowledged is missing.
+    while (!takes.empty()) settle(0, true);
+    REQUIRE(tl.runUntil([&] { return acked_upto == next_id; }));
+    for (;;) {
+      size_t before = takes.size();
+      takeOne(1000);
+      if (takes.size() == before) break;
+      settle(0, true);
+    }
+    for (int e = 0; e < acked_upto; ++e) {
+      CAPTURE(e);
+      CHECK(committed.count(e) == 1);
+    }
+    CHECK(ch->cursor("out").lag() == 0);
+  }
+}
+
+}  // namespace
+}  // namespace sluice
