@@ -6,11 +6,13 @@
 #include "sinks/null/null_sink.h"
 #include "sinks/stdout/stdout_sink.h"
 #include "sources/exec/exec_source.h"
+#include "sources/seq/seq_source.h"
 
 namespace sluice {
 
 void registerBuiltins(Registry& registry) {
   registerExecSource(registry);
+  registerSeqSource(registry);
   registerMemoryChannel(registry);
   registerFileChannel(registry);
   registerStdoutSink(registry);

@@ -15,6 +15,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "agent/event.h"
 #include "agent/metrics.h"
@@ -31,6 +33,22 @@ class SourceContext {
   virtual ~SourceContext() = default;
   virtual uv_loop_t* loop() = 0;
   virtual OfferResult offer(Batch& batch) = 0;
+  // Like offer(), and stores `positions` (key -> opaque value) in the same durable write as the
+  // batch in every channel that keeps positions (the file channel), so that after a crash the
+  // source resumes exactly after what the channels hold. A context that keeps no positions
+  // (test doubles) just offers.
+  virtual OfferResult offerWithPositions(
+      Batch& batch, std::vector<std::pair<std::string, std::string>> positions) {
+    (void)positions;
+    return offer(batch);
+  }
+  // The durable values of a position key, one per channel of the source that holds it (empty
+  // when none does: a memory channel keeps none). With several, the source resumes from the
+  // oldest, so no channel misses anything.
+  virtual std::vector<std::string> durablePositions(const std::string& key) {
+    (void)key;
+    return {};
+  }
   // The source's metric set; the context already counts EventReceivedCount/EventAcceptedCount.
   virtual MetricSet& metrics() = 0;
   virtual const std::string& name() const = 0;

@@ -74,7 +74,7 @@ class SourceRunner : public SourceContext {
   void stop(std::function<void()> done) {
     stopped_ = true;
     source_->stop([this, done = std::move(done)] {
-      if (parked_ && !tryPut(*parked_)) {
+      if (parked_ && !tryPut(*parked_, parked_positions_)) {
         dropped_->inc(parked_->size());
         spdlog::error("source {}: {} events could not be put before stopping: channels full",
                       spec_.name, parked_->size());
@@ -90,28 +90,49 @@ class SourceRunner : public SourceContext {
   MetricSet& metrics() override { return *metrics_; }
   const std::string& name() const override { return spec_.name; }
 
-  OfferResult offer(Batch& batch) override {
+  OfferResult offer(Batch& batch) override { return offerWithPositions(batch, {}); }
+
+  OfferResult offerWithPositions(
+      Batch& batch, std::vector<std::pair<std::string, std::string>> positions) override {
     if (parked_) {
       waiting_ = true;
       refused_->inc();
       return OfferResult::Full;
     }
-    if (batch.empty()) return OfferResult::Accepted;
+    if (batch.empty() && positions.empty()) return OfferResult::Accepted;
     received_->inc(batch.size());
     size_t filtered = 0;
     for (auto& i : interceptors_) filtered += i->apply(batch);
     if (filtered) filtered_->inc(filtered);
-    if (!batch.empty() && !tryPut(batch)) {
+    if ((!batch.empty() || !positions.empty()) && !tryPut(batch, positions)) {
       parked_ = std::make_unique<Batch>(std::move(batch));
+      parked_positions_ = std::move(positions);
     }
     batch.clear();
     return OfferResult::Accepted;
   }
 
+  std::vector<std::string> durablePositions(const std::string& key) override {
+    std::vector<std::string> out;
+    for (auto& ch : channels_) {
+      auto all = ch->positions();
+      auto it = all.find(key);
+      if (it != all.end()) out.push_back(it->second);
+    }
+    return out;
+  }
+
  private:
   // Puts into every required channel or none; false (batch untouched) when one lacks room.
-  bool tryPut(Batch& batch) {
+  bool tryPut(Batch& batch, const std::vector<std::pair<std::string, std::string>>& positions) {
     size_t n = batch.size();
+    positions_ = &positions;
+    if (n == 0) {
+      // Positions alone (a source that moved on without new events): every channel gets them.
+      auto empty = std::make_shared<const Batch>();
+      for (size_t c = 0; c < channels_.size(); ++c) putOne(c, empty);
+      return true;
+    }
     if (spec_.selector.type != "multiplexing") {
       for (size_t c = 0; c < channels_.size(); ++c) {
         if (!optional_[c] && !channels_[c]->hasRoom(n, batch.bytes())) return false;
@@ -182,13 +203,16 @@ class SourceRunner : public SourceContext {
       return;
     }
     // Required channels said yes just now and nothing ran in between: put cannot refuse.
-    if (!channels_[c]->put(std::move(frozen)) && !optional_[c]) std::abort();
+    PutOptions options;
+    options.positions = *positions_;
+    if (!channels_[c]->put(std::move(frozen), std::move(options)) && !optional_[c]) std::abort();
   }
 
   void onSpace() {
     if (parked_) {
-      if (!tryPut(*parked_)) return;
+      if (!tryPut(*parked_, parked_positions_)) return;
       parked_.reset();
+      parked_positions_.clear();
     }
     if (!waiting_ || stopped_) return;
     waiting_ = false;
@@ -213,6 +237,8 @@ class SourceRunner : public SourceContext {
   std::map<std::string, std::vector<size_t>> mapping_;
   std::vector<size_t> default_;
   std::unique_ptr<Batch> parked_;
+  std::vector<std::pair<std::string, std::string>> parked_positions_;
+  const std::vector<std::pair<std::string, std::string>>* positions_ = nullptr;  // of this put
   bool waiting_ = false;
   bool stopped_ = false;
   bool warned_unrouted_ = false;
