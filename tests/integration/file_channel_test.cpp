@@ -46,7 +46,7 @@ uint64_t value(const nlohmann::json& doc, const std::string& c, const std::strin
 // most of them are still on disk when the agent is killed with SIGKILL.
 std::string fillAndKill(const TempDir& dir, int n) {
   writeFile(dir.file("run1.yaml"),
-            config(dir.file("data"), "seq 1 " + std::to_string(n) + "; sleep 600"));
+            config(dir.file("data"), "seq 1 " + std::to_string(n) + "; sleep 30"));
   Process agent({sluiceBinary(), "run", "-c", dir.file("run1.yaml")}, dir.path(), {}, 64);
   bool durable = waitFor(
       [&] {

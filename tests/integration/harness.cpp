@@ -145,6 +145,9 @@ bool Process::running() {
 
 std::optional<int> Process::wait(std::chrono::milliseconds timeout) {
   waitFor([&] { return !running(); }, timeout);
+  // What the process wrote to a throttled stdout pipe before it died is still being read:
+  // out() must see all of it.
+  if (status_ && reader_.joinable()) reader_.join();
   return status_;
 }
 
