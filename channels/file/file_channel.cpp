@@ -10,7 +10,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 
 namespace sluice {
 
@@ -19,7 +18,6 @@ using filech::Positions;
 
 namespace {
 
-constexpr size_t kNotFound = std::numeric_limits<size_t>::max();
 constexpr uint32_t kCursorMagic = 0x55434c53;     // "SLCU"
 constexpr uint32_t kPositionsMagic = 0x4f504c53;  // "SLPO"
 constexpr uint64_t kEventOverhead = 24;           // per event in a record, roughly
@@ -100,12 +98,7 @@ bool crcOk(const std::string& s) {
 // FileCursor
 
 FileCursor::FileCursor(FileChannel* channel, std::string name, uint64_t start, Loc loc)
-    : channel_(channel),
-      name_(std::move(name)),
-      next_pos_(start),
-      next_loc_(loc),
-      low_water_(start),
-      low_loc_(loc) {}
+    : channel_(channel), name_(std::move(name)), ledger_(start, loc) {}
 
 Take FileCursor::take(size_t max_events, size_t max_bytes) {
   if (!channel_) return {};
@@ -115,135 +108,53 @@ Take FileCursor::take(size_t max_events, size_t max_bytes) {
   FileChannel::TakeBuilder tb;
   tb.max_events = std::max<size_t>(max_events, 1);
   tb.max_bytes = max_bytes;
-  TakeRecord rec;
-  auto append = [&rec](uint64_t begin, uint64_t end, const Loc& loc) {
-    if (begin >= end) return;
-    if (!rec.ranges.empty() && rec.ranges.back().end == begin) {
-      rec.ranges.back().end = end;
-    } else {
-      rec.ranges.push_back({begin, end, loc});
-    }
-  };
-
-  size_t used = 0;
-  while (used < rolled_back_.size() && !tb.full) {
-    Range& r = rolled_back_[used];
-    Loc start_loc = r.loc;
-    Loc loc = r.loc;
-    uint64_t reached = ch.collect(r.begin, r.end, loc, tb);
-    append(r.begin, reached, start_loc);
-    rolled_back_events_ -= reached - r.begin;
-    if (reached >= r.end) {
-      ++used;
-    } else {
-      r.begin = reached;
-      r.loc = loc;
-    }
-  }
-  if (used) rolled_back_.erase(rolled_back_.begin(), rolled_back_.begin() + used);
-
-  if (!tb.full && next_pos_ < ch.tail_pos_) {
-    Loc start_loc = next_loc_;
-    uint64_t begin = next_pos_;
-    uint64_t reached = ch.collect(next_pos_, ch.tail_pos_, next_loc_, tb);
-    append(begin, reached, start_loc);
-    next_pos_ = reached;
-  }
+  auto rec = ledger_.gather(
+      ch.tail_pos_,
+      [&ch, &tb](uint64_t begin, uint64_t end, Loc& loc) {
+        return ch.collect(begin, end, loc, tb);
+      },
+      [&tb] { return tb.full; });
 
   if (tb.events == 0) {
-    recomputeLowWater();
+    // collect may have skipped lost events without handing any out.
+    ledger_.recomputeLowWater();
     wants_ready_ = true;
     return {};
   }
-  rec.id = next_take_id_++;
-  rec.events = tb.events;
-  outstanding_events_ += tb.events;
-  outstanding_.push_back(std::move(rec));
+  uint64_t id = ledger_.add(std::move(rec), tb.events);
   ch.take_success_->inc(tb.events);
-  return makeTake(outstanding_.back().id, std::move(tb.slices), tb.events, tb.bytes);
+  return makeTake(id, std::move(tb.slices), tb.events, tb.bytes);
 }
 
 uint64_t FileCursor::lag() const {
   if (!channel_) return 0;
-  return (channel_->tail_pos_ - std::min(next_pos_, channel_->tail_pos_)) + rolled_back_events_ +
-         outstanding_events_;
-}
-
-size_t FileCursor::findRecord(uint64_t id) const {
-  for (size_t i = 0; i < outstanding_.size(); ++i) {
-    if (outstanding_[i].id == id) return i;
-  }
-  return kNotFound;
-}
-
-void FileCursor::recomputeLowWater() {
-  uint64_t low = next_pos_;
-  Loc loc = next_loc_;
-  if (!rolled_back_.empty() && rolled_back_.front().begin < low) {
-    low = rolled_back_.front().begin;
-    loc = rolled_back_.front().loc;
-  }
-  for (const auto& rec : outstanding_) {
-    if (!rec.ranges.empty() && rec.ranges.front().begin < low) {
-      low = rec.ranges.front().begin;
-      loc = rec.ranges.front().loc;
-    }
-  }
-  low_water_ = low;
-  low_loc_ = loc;
-}
-
-void FileCursor::settleDetached(size_t index) {
-  outstanding_.erase(outstanding_.begin() + static_cast<ptrdiff_t>(index));
-  if (outstanding_.empty()) delete this;
+  return ledger_.lag(channel_->tail_pos_);
 }
 
 void FileCursor::commitTake(uint64_t id) {
-  size_t i = findRecord(id);
-  if (i == kNotFound) return;
-  outstanding_events_ -= outstanding_[i].events;
+  if (!ledger_.commit(id)) return;
   if (!channel_) {
-    settleDetached(i);
+    // Detached: the take is settled; the cursor frees itself with its last one.
+    if (!ledger_.hasOutstanding()) delete this;
     return;
   }
-  outstanding_.erase(outstanding_.begin() + static_cast<ptrdiff_t>(i));
-  uint64_t old = low_water_;
-  recomputeLowWater();
-  if (low_water_ != old) {
+  uint64_t old = ledger_.lowWater();
+  ledger_.recomputeLowWater();
+  if (ledger_.lowWater() != old) {
     channel_->cursorDirty(this);
     channel_->maybeFree();
   }
 }
 
 void FileCursor::rollbackTake(uint64_t id) {
-  size_t i = findRecord(id);
-  if (i == kNotFound) return;
-  TakeRecord& rec = outstanding_[i];
-  outstanding_events_ -= rec.events;
   if (!channel_) {
-    settleDetached(i);
+    // Detached: the events are no longer the channel's business; only settle the take.
+    if (ledger_.commit(id) && !ledger_.hasOutstanding()) delete this;
     return;
   }
-  rolled_back_events_ += rec.events;
-  for (const auto& r : rec.ranges) requeue(r);
-  outstanding_.erase(outstanding_.begin() + static_cast<ptrdiff_t>(i));
+  if (!ledger_.rollback(id)) return;
   channel_->rollback_->inc();
   if (wants_ready_) channel_->queueReady(this);
-}
-
-void FileCursor::requeue(const Range& r) {
-  auto it = std::lower_bound(rolled_back_.begin(), rolled_back_.end(), r.begin,
-                             [](const Range& a, uint64_t pos) { return a.begin < pos; });
-  size_t i = static_cast<size_t>(it - rolled_back_.begin());
-  rolled_back_.insert(it, r);
-  if (i + 1 < rolled_back_.size() && rolled_back_[i].end == rolled_back_[i + 1].begin) {
-    rolled_back_[i].end = rolled_back_[i + 1].end;
-    rolled_back_.erase(rolled_back_.begin() + static_cast<ptrdiff_t>(i + 1));
-  }
-  if (i > 0 && rolled_back_[i - 1].end == rolled_back_[i].begin) {
-    rolled_back_[i - 1].end = rolled_back_[i].end;
-    rolled_back_.erase(rolled_back_.begin() + static_cast<ptrdiff_t>(i));
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,7 +233,7 @@ FileChannel::~FileChannel() {
   for (auto& [name, c] : cursors_) {
     metrics_->clearGauges(c);
     c->channel_ = nullptr;
-    if (c->outstanding_.empty()) delete c;
+    if (!c->ledger_.hasOutstanding()) delete c;
   }
   for (auto& [key, seg] : segments_) {
     if (seg.read_fd >= 0) ops_->close(seg.read_fd);
@@ -910,7 +821,7 @@ void FileChannel::dropCursor(const std::string& consumer) {
   std::replace(firing_ready_.begin(), firing_ready_.end(), c, static_cast<FileCursor*>(nullptr));
   c->channel_ = nullptr;
   c->on_ready_ = nullptr;
-  if (c->outstanding_.empty()) delete c;
+  if (!c->ledger_.hasOutstanding()) delete c;
   enqueue(job);
   maybeFree();
 }
@@ -948,7 +859,7 @@ bool FileChannel::reconfigure(const FileChannelConfig& config) {
 uint64_t FileChannel::heldLow() const {
   if (cursors_.empty() && persisted_.empty()) return head_pos_;
   uint64_t low = tail_pos_;
-  for (const auto& [name, c] : cursors_) low = std::min(low, c->low_water_);
+  for (const auto& [name, c] : cursors_) low = std::min(low, c->ledger_.lowWater());
   for (const auto& [name, p] : persisted_) low = std::min(low, p.low);
   return std::max(low, head_pos_);
 }
@@ -1006,16 +917,16 @@ void FileChannel::checkpoint() {
 
 void FileChannel::writeCursor(FileCursor* c) {
   c->dirty_ = false;
-  c->recomputeLowWater();
-  if (c->persisted_low_ == c->low_water_) return;
-  c->persisted_low_ = c->low_water_;
+  c->ledger_.recomputeLowWater();
+  if (c->persisted_low_ == c->ledger_.lowWater()) return;
+  c->persisted_low_ = c->ledger_.lowWater();
   std::string s;
   filech::putU32(s, kCursorMagic);
   filech::putU32(s, 1);
-  filech::putU64(s, c->low_water_);
-  filech::putU64(s, c->low_loc_.seg);
-  filech::putU64(s, c->low_loc_.off);
-  filech::putU64(s, c->low_loc_.seq);
+  filech::putU64(s, c->ledger_.lowWater());
+  filech::putU64(s, c->ledger_.lowLoc().seg);
+  filech::putU64(s, c->ledger_.lowLoc().off);
+  filech::putU64(s, c->ledger_.lowLoc().seq);
   Job job;
   job.kind = Job::Kind::WriteFile;
   job.path = dir_ + "/cursor-" + escapeName(c->name_);

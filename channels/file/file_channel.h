@@ -116,6 +116,7 @@
 #include <vector>
 
 #include "agent/channel.h"
+#include "agent/cursor_ledger.h"
 #include "agent/metrics.h"
 #include "agent/options.h"
 #include "agent/registry.h"
@@ -153,7 +154,7 @@ class FileCursor final : public Cursor {
   Take take(size_t max_events, size_t max_bytes) override;
   uint64_t lag() const override;
   void setOnReady(std::function<void()> fn) override { on_ready_ = std::move(fn); }
-  uint64_t lowWaterMark() const { return low_water_; }
+  uint64_t lowWaterMark() const { return ledger_.lowWater(); }
 
  protected:
   void commitTake(uint64_t id) override;
@@ -162,35 +163,14 @@ class FileCursor final : public Cursor {
  private:
   friend class FileChannel;
   using Loc = filech::Loc;
-  struct Range {
-    uint64_t begin, end;  // [begin, end)
-    Loc loc;              // the record holding begin
-  };
-  struct TakeRecord {
-    uint64_t id = 0;
-    std::vector<Range> ranges;
-    uint64_t events = 0;
-  };
 
   FileCursor(FileChannel* channel, std::string name, uint64_t start, Loc loc);
-  void requeue(const Range& r);
-  size_t findRecord(uint64_t id) const;
-  void recomputeLowWater();
-  void settleDetached(size_t index);
 
   FileChannel* channel_;
   std::string name_;
-  uint64_t next_pos_;
-  Loc next_loc_;
-  uint64_t low_water_;
-  Loc low_loc_;
+  CursorLedger<Loc> ledger_;  // each range's Loc is the record holding its begin
   uint64_t persisted_low_ = UINT64_MAX;
   bool dirty_ = false;
-  std::vector<Range> rolled_back_;
-  uint64_t rolled_back_events_ = 0;
-  std::vector<TakeRecord> outstanding_;
-  uint64_t outstanding_events_ = 0;
-  uint64_t next_take_id_ = 1;
   bool wants_ready_ = false;
   bool ready_queued_ = false;
   std::function<void()> on_ready_;

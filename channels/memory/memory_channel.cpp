@@ -4,13 +4,10 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <limits>
 
 namespace sluice {
 
 namespace {
-
-constexpr size_t kNotFound = std::numeric_limits<size_t>::max();
 
 uint32_t eventBytes(const EventView& ev) {
   size_t n = ev.body().size();
@@ -24,7 +21,7 @@ uint32_t eventBytes(const EventView& ev) {
 // MemoryCursor
 
 MemoryCursor::MemoryCursor(MemoryChannel* channel, uint64_t start)
-    : channel_(channel), next_pos_(start), low_water_(start) {}
+    : channel_(channel), ledger_(start, NoLoc{}) {}
 
 Take MemoryCursor::take(size_t max_events, size_t max_bytes) {
   if (!channel_) return {};
@@ -34,126 +31,47 @@ Take MemoryCursor::take(size_t max_events, size_t max_bytes) {
   MemoryChannel::TakeBuilder tb;
   tb.max_events = std::max<size_t>(max_events, 1);
   tb.max_bytes = max_bytes;
-  TakeRecord rec;
-  auto append = [&rec](uint64_t begin, uint64_t end) {
-    if (begin == end) return;
-    if (rec.first.begin == rec.first.end) {
-      rec.first = {begin, end};
-      return;
-    }
-    Range& last = rec.more.empty() ? rec.first : rec.more.back();
-    if (last.end == begin) {
-      last.end = end;
-    } else {
-      rec.more.push_back({begin, end});
-    }
-  };
-
-  // Rolled-back ranges first, in position order.
-  size_t used = 0;
-  while (used < rolled_back_.size() && !tb.full) {
-    Range& r = rolled_back_[used];
-    uint64_t reached = ch.collect(r.begin, r.end, tb);
-    append(r.begin, reached);
-    rolled_back_events_ -= reached - r.begin;
-    if (reached == r.end) {
-      ++used;
-    } else {
-      r.begin = reached;
-    }
-  }
-  if (used) rolled_back_.erase(rolled_back_.begin(), rolled_back_.begin() + used);
-
-  // Then what this consumer never saw.
-  if (!tb.full && next_pos_ < ch.tail_pos_) {
-    uint64_t reached = ch.collect(next_pos_, ch.tail_pos_, tb);
-    append(next_pos_, reached);
-    next_pos_ = reached;
-  }
+  auto rec = ledger_.gather(
+      ch.tail_pos_,
+      [&ch, &tb](uint64_t begin, uint64_t end, NoLoc&) { return ch.collect(begin, end, tb); },
+      [&tb] { return tb.full; });
 
   if (tb.events == 0) {
     wants_ready_ = true;
     return {};
   }
-  rec.id = next_take_id_++;
-  rec.events = tb.events;
-  outstanding_events_ += tb.events;
-  outstanding_.push_back(std::move(rec));
+  uint64_t id = ledger_.add(std::move(rec), tb.events);
   ch.take_success_->inc(tb.events);
-  return makeTake(outstanding_.back().id, std::move(tb.slices), tb.events, tb.bytes);
+  return makeTake(id, std::move(tb.slices), tb.events, tb.bytes);
 }
 
 uint64_t MemoryCursor::lag() const {
   if (!channel_) return 0;
-  return (channel_->tail_pos_ - next_pos_) + rolled_back_events_ + outstanding_events_;
-}
-
-size_t MemoryCursor::findRecord(uint64_t id) const {
-  // Takes are mostly settled oldest first: scan from the front.
-  for (size_t i = 0; i < outstanding_.size(); ++i) {
-    if (outstanding_[i].id == id) return i;
-  }
-  return kNotFound;
-}
-
-void MemoryCursor::recomputeLowWater() {
-  uint64_t low = next_pos_;
-  if (!rolled_back_.empty()) low = std::min(low, rolled_back_.front().begin);
-  // A record's ranges are ascending, so `first` holds its smallest position.
-  for (const auto& rec : outstanding_) low = std::min(low, rec.first.begin);
-  low_water_ = low;
-}
-
-void MemoryCursor::settleDetached(size_t index) {
-  outstanding_.erase(outstanding_.begin() + static_cast<ptrdiff_t>(index));
-  if (outstanding_.empty()) delete this;
+  return ledger_.lag(channel_->tail_pos_);
 }
 
 void MemoryCursor::commitTake(uint64_t id) {
-  size_t i = findRecord(id);
-  if (i == kNotFound) return;
-  outstanding_events_ -= outstanding_[i].events;
+  if (!ledger_.commit(id)) return;
   if (!channel_) {
-    settleDetached(i);  // deletes this when it was the last take
+    // Detached: the take is settled; the cursor frees itself with its last one.
+    if (!ledger_.hasOutstanding()) delete this;
     return;
   }
-  outstanding_.erase(outstanding_.begin() + static_cast<ptrdiff_t>(i));
-  uint64_t old = low_water_;
-  recomputeLowWater();
+  uint64_t old = ledger_.lowWater();
+  ledger_.recomputeLowWater();
   // Only the cursor(s) at the channel's head hold data back.
-  if (low_water_ != old && old == channel_->head_pos_) channel_->maybeFree();
+  if (ledger_.lowWater() != old && old == channel_->head_pos_) channel_->maybeFree();
 }
 
 void MemoryCursor::rollbackTake(uint64_t id) {
-  size_t i = findRecord(id);
-  if (i == kNotFound) return;
-  TakeRecord& rec = outstanding_[i];
-  outstanding_events_ -= rec.events;
   if (!channel_) {
-    settleDetached(i);  // deletes this when it was the last take
+    // Detached: the events are no longer the channel's business; only settle the take.
+    if (ledger_.commit(id) && !ledger_.hasOutstanding()) delete this;
     return;
   }
-  rolled_back_events_ += rec.events;
-  requeue(rec.first);
-  for (const auto& r : rec.more) requeue(r);
-  outstanding_.erase(outstanding_.begin() + static_cast<ptrdiff_t>(i));
+  if (!ledger_.rollback(id)) return;
   channel_->rollback_->inc();
   if (wants_ready_) channel_->queueReady(this);
-}
-
-void MemoryCursor::requeue(const Range& r) {
-  auto it = std::lower_bound(rolled_back_.begin(), rolled_back_.end(), r.begin,
-                             [](const Range& a, uint64_t pos) { return a.begin < pos; });
-  size_t i = static_cast<size_t>(it - rolled_back_.begin());
-  rolled_back_.insert(it, r);
-  if (i + 1 < rolled_back_.size() && rolled_back_[i].end == rolled_back_[i + 1].begin) {
-    rolled_back_[i].end = rolled_back_[i + 1].end;
-    rolled_back_.erase(rolled_back_.begin() + static_cast<ptrdiff_t>(i + 1));
-  }
-  if (i > 0 && rolled_back_[i - 1].end == rolled_back_[i].begin) {
-    rolled_back_[i - 1].end = rolled_back_[i].end;
-    rolled_back_.erase(rolled_back_.begin() + static_cast<ptrdiff_t>(i));
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -193,7 +111,7 @@ MemoryChannel::~MemoryChannel() {
   metrics_->clearGauges(this);
   for (auto& [name, c] : cursors_) {
     c->channel_ = nullptr;
-    if (c->outstanding_.empty()) delete c;  // else it frees itself when its last take settles
+    if (!c->ledger_.hasOutstanding()) delete c;  // else it frees itself when its last take settles
   }
   idle_->data = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(idle_),
@@ -274,7 +192,7 @@ void MemoryChannel::dropCursor(const std::string& consumer) {
   std::replace(firing_ready_.begin(), firing_ready_.end(), c, static_cast<MemoryCursor*>(nullptr));
   c->channel_ = nullptr;
   c->on_ready_ = nullptr;
-  if (c->outstanding_.empty()) delete c;  // else it frees itself when its last take settles
+  if (!c->ledger_.hasOutstanding()) delete c;  // else it frees itself when its last take settles
   maybeFree();
 }
 
@@ -375,7 +293,7 @@ uint64_t MemoryChannel::collect(uint64_t pos, uint64_t end, TakeBuilder& tb) {
 void MemoryChannel::maybeFree() {
   if (cursors_.empty()) return;  // data waits for its first consumer
   uint64_t low = tail_pos_;
-  for (const auto& [name, c] : cursors_) low = std::min(low, c->low_water_);
+  for (const auto& [name, c] : cursors_) low = std::min(low, c->ledger_.lowWater());
   if (low <= head_pos_) return;
   while (head_pos_ < low) {
     Entry& f = entries_.front();

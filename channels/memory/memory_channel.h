@@ -17,7 +17,7 @@
 //   part of one batch).
 // - A cursor's low-water mark is the smallest position it has not committed. Each cursor keeps
 //   the ranges it handed out but that are not yet committed (per outstanding take) and the ranges
-//   rolled back (handed out first by the next take, in position order).
+//   rolled back (handed out first by the next take, in position order); agent/cursor_ledger.h.
 // - With no cursor at all nothing is freed: data waits for its first consumer. A new consumer
 //   starts at head_pos_.
 //
@@ -58,6 +58,7 @@
 #include <vector>
 
 #include "agent/channel.h"
+#include "agent/cursor_ledger.h"
 #include "agent/metrics.h"
 #include "agent/registry.h"
 
@@ -78,7 +79,7 @@ class MemoryCursor final : public Cursor {
   void setOnReady(std::function<void()> fn) override { on_ready_ = std::move(fn); }
 
   // The smallest position this consumer has not committed.
-  uint64_t lowWaterMark() const { return low_water_; }
+  uint64_t lowWaterMark() const { return ledger_.lowWater(); }
 
  protected:
   void commitTake(uint64_t id) override;
@@ -86,35 +87,11 @@ class MemoryCursor final : public Cursor {
 
  private:
   friend class MemoryChannel;
-  struct Range {
-    uint64_t begin, end;  // positions, [begin, end)
-  };
-  // The ranges of one outstanding take. Nearly always one range; `more` only when a take
-  // gathered rolled-back fragments, so the common take allocates nothing here.
-  struct TakeRecord {
-    uint64_t id = 0;
-    Range first{0, 0};
-    std::vector<Range> more;
-    uint64_t events = 0;
-  };
 
   MemoryCursor(MemoryChannel* channel, uint64_t start);
-  // Moves the take's ranges back to the rolled-back list (kept sorted and merged).
-  void requeue(const Range& r);
-  size_t findRecord(uint64_t id) const;
-  void recomputeLowWater();
-  // After a take settled on a detached cursor: frees the cursor once nothing is outstanding.
-  // Must be the last thing a member function does.
-  void settleDetached(size_t index);
 
   MemoryChannel* channel_;  // null once detached (dropped, or the channel is gone)
-  uint64_t next_pos_;       // next position never handed out
-  uint64_t low_water_;
-  std::vector<Range> rolled_back_;  // sorted, disjoint, not adjacent
-  uint64_t rolled_back_events_ = 0;
-  std::vector<TakeRecord> outstanding_;
-  uint64_t outstanding_events_ = 0;
-  uint64_t next_take_id_ = 1;
+  CursorLedger<NoLoc> ledger_;
   bool wants_ready_ = false;  // a take came back empty
   bool ready_queued_ = false;
   std::function<void()> on_ready_;

@@ -285,14 +285,16 @@ TEST_CASE("exec: a child that ignores SIGTERM gets SIGKILL after the grace perio
   TestLoop loop;
   TestContext ctx(loop.get());
   // An ignored signal stays ignored across exec, so sleep ignores SIGTERM too.
-  ExecSource src(config("trap '' TERM; sleep 60"));
+  ExecSource src(config("trap '' TERM; echo armed-$((40+2)) >&2; sleep 60"));
   src.setKillGrace(Millis(50));
   src.start(ctx);
-  loop.runFor(20);
+  // Stop only once the shell has installed its trap (stderr lines are logged).
+  REQUIRE(loop.runUntil([&] { return log.contains("armed-42"); }, 5000));
   int done_calls = 0;
   src.stop([&] { ++done_calls; });
   CHECK(loop.runUntil([&] { return done_calls > 0; }, 3000));
   CHECK(done_calls == 1);
+  INFO(log.text());
   CHECK(log.contains("still running after SIGTERM; sending SIGKILL"));
   CHECK(log.contains("ended by signal 9 at stop"));
 }
