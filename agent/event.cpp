@@ -1,7 +1,9 @@
 #include "agent/event.h"
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <ctime>
 
 namespace sluice {
 
@@ -9,6 +11,17 @@ int64_t nowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+std::string formatIsoTime(int64_t ns) {
+  time_t secs = static_cast<time_t>(ns / 1'000'000'000);
+  int millis = static_cast<int>((ns / 1'000'000) % 1000);
+  struct tm tm {};
+  gmtime_r(&secs, &tm);
+  char buf[48];
+  size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(buf + n, sizeof(buf) - n, ".%03dZ", millis);
+  return buf;
 }
 
 uint32_t Batch::store(std::string_view s) {

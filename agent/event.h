@@ -128,5 +128,7 @@ size_t Batch::retainIf(F&& keep) {
 
 // Nanoseconds since the Unix epoch, from the system clock.
 int64_t nowNs();
+// An event time as ISO-8601 in UTC with milliseconds: 2026-11-25T14:08:25.893Z.
+std::string formatIsoTime(int64_t ns);
 
 }  // namespace sluice

@@ -93,13 +93,7 @@ class TimestampInterceptor : public Interceptor {
  private:
   std::string format(int64_t ns) const {
     if (cfg_.format == "millis") return std::to_string(ns / 1'000'000);
-    time_t secs = static_cast<time_t>(ns / 1'000'000'000);
-    struct tm tm {};
-    gmtime_r(&secs, &tm);
-    char buf[48];
-    size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, sizeof(buf) - n, ".%03dZ", static_cast<int>((ns / 1'000'000) % 1000));
-    return buf;
+    return formatIsoTime(ns);
   }
   TimestampConfig cfg_;
 };

@@ -10,17 +10,6 @@ namespace sluice {
 
 namespace {
 
-std::string isoTime(int64_t ns) {
-  time_t secs = static_cast<time_t>(ns / 1'000'000'000);
-  long millis = static_cast<long>((ns % 1'000'000'000) / 1'000'000);
-  struct tm tm {};
-  gmtime_r(&secs, &tm);
-  char buf[40];
-  size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(buf + n, sizeof(buf) - n, ".%03ldZ", millis);
-  return buf;
-}
-
 // Writes to fd 1 through libuv's thread pool, so a slow reader of our stdout (a pipe to a
 // pager, a full terminal) holds back this sink and never the loop.
 class StdoutSink : public Sink {
@@ -98,7 +87,7 @@ class StdoutSink : public Sink {
 
 void appendJsonLine(std::string& out, const EventView& event) {
   nlohmann::ordered_json j;
-  j["timestamp"] = isoTime(event.timestampNs());
+  j["timestamp"] = formatIsoTime(event.timestampNs());
   auto& headers = j["headers"] = nlohmann::ordered_json::object();
   event.forEachHeader([&](std::string_view k, std::string_view v) { headers[std::string(k)] = v; });
   j["body"] = event.body();
