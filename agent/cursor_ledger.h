@@ -132,10 +132,41 @@ class CursorLedger {
     low_loc_ = loc;
   }
 
+  // Every position not committed below nextPos(): the rolled-back ranges and the ranges of the
+  // outstanding takes, in no particular order. With nextPos() and its Loc this is the whole
+  // state a restart needs to hand out exactly what was not committed.
+  template <typename F>
+  void forEachUncommitted(F&& f) const {
+    for (const auto& r : rolled_back_) f(r);
+    for (const auto& rec : outstanding_) {
+      f(rec.first);
+      for (const auto& r : rec.more) f(r);
+    }
+  }
+
+  // Restores a saved state (see forEachUncommitted) into a ledger with nothing outstanding: the
+  // uncommitted ranges become rolled back, so they are handed out first, then [next, tail).
+  // Ranges must lie below `next` and not overlap.
+  void restore(uint64_t next, Loc next_loc, std::vector<Range> uncommitted) {
+    std::sort(uncommitted.begin(), uncommitted.end(),
+              [](const Range& a, const Range& b) { return a.begin < b.begin; });
+    next_pos_ = next;
+    next_loc_ = next_loc;
+    rolled_back_.clear();
+    rolled_back_events_ = 0;
+    for (const auto& r : uncommitted) {
+      if (r.begin >= r.end) continue;
+      rolled_back_events_ += r.end - r.begin;
+      requeue(r);
+    }
+    recomputeLowWater();
+  }
+
   // As of the last recomputeLowWater.
   uint64_t lowWater() const { return low_water_; }
   const Loc& lowLoc() const { return low_loc_; }
   uint64_t nextPos() const { return next_pos_; }
+  const Loc& nextLoc() const { return next_loc_; }
   // Events not committed, out of a log whose next put starts at `tail`.
   uint64_t lag(uint64_t tail) const {
     return (tail - std::min(next_pos_, tail)) + rolled_back_events_ + outstanding_events_;

@@ -92,6 +92,38 @@ bool crcOk(const std::string& s) {
   return filech::crc32c(s.data(), s.size() - 4) == filech::getU32(s.data() + s.size() - 4);
 }
 
+// The commit journal's reserved position key prefix (split so that \x01 is not read as \x01c).
+const std::string kJournalPrefix = std::string("\x01") + "cursor:";
+
+bool isJournalKey(const std::string& key) { return key.rfind(kJournalPrefix, 0) == 0; }
+
+void putLoc(std::string& s, const Loc& loc) {
+  filech::putU64(s, loc.seg);
+  filech::putU64(s, loc.off);
+  filech::putU64(s, loc.seq);
+}
+
+Loc getLoc(const char* p) {
+  return {filech::getU64(p), filech::getU64(p + 8), filech::getU64(p + 16)};
+}
+
+std::string encodeJournal(const CursorLedger<Loc>& ledger) {
+  std::string s;
+  filech::putU32(s, 1);
+  filech::putU64(s, ledger.nextPos());
+  putLoc(s, ledger.nextLoc());
+  std::string ranges;
+  uint32_t n = 0;
+  ledger.forEachUncommitted([&](const CursorLedger<Loc>::Range& r) {
+    filech::putU64(ranges, r.begin);
+    filech::putU64(ranges, r.end);
+    putLoc(ranges, r.loc);
+    ++n;
+  });
+  filech::putU32(s, n);
+  return s + ranges;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -138,6 +170,7 @@ void FileCursor::commitTake(uint64_t id) {
     if (!ledger_.hasOutstanding()) delete this;
     return;
   }
+  channel_->journal(name_, encodeJournal(ledger_));
   uint64_t old = ledger_.lowWater();
   ledger_.recomputeLowWater();
   if (ledger_.lowWater() != old) {
@@ -347,6 +380,7 @@ bool FileChannel::open() {
     }
     scanSegment(last, true);
   }
+  mergeJournal();
   for (const auto& [name, pc] : persisted_) tail_pos_ = std::max(tail_pos_, pc.low);
   assign_pos_ = tail_pos_;
   if (segments_.empty()) head_pos_ = tail_pos_;
@@ -786,6 +820,19 @@ Cursor& FileChannel::cursor(const std::string& consumer) {
   Loc loc{head_pos_, 0, head_pos_};
   if (!segments_.empty()) loc = {segments_.begin()->first, 0, segments_.begin()->first};
   auto p = persisted_.find(consumer);
+  if (p != persisted_.end() && p->second.exact && journalUsable(p->second)) {
+    const PersistedCursor& pc = p->second;
+    auto* c = new FileCursor(this, consumer, pc.low, pc.loc);
+    Loc next_loc = pc.next_loc;
+    if (!segments_.count(next_loc.seg)) next_loc = {pc.next, 0, pc.next};
+    c->ledger_.restore(pc.next, next_loc, pc.uncommitted);
+    persisted_.erase(p);
+    cursors_.emplace(consumer, c);
+    metrics_->gauge(
+        "ConsumerLag_" + consumer, [c] { return static_cast<double>(c->lag()); }, c);
+    cursorDirty(c);
+    return *c;
+  }
   if (p != persisted_.end()) {
     if (p->second.low >= head_pos_ && segments_.count(p->second.loc.seg)) {
       start = p->second.low;
@@ -801,10 +848,12 @@ Cursor& FileChannel::cursor(const std::string& consumer) {
   metrics_->gauge(
       "ConsumerLag_" + consumer, [c] { return static_cast<double>(c->lag()); }, c);
   cursorDirty(c);
+  journal(consumer, encodeJournal(c->ledger_));
   return *c;
 }
 
 void FileChannel::dropCursor(const std::string& consumer) {
+  journal(consumer, "");  // tombstone: a cursor of that name made later starts afresh
   Job job;
   job.kind = Job::Kind::Unlink;
   job.path = dir_ + "/cursor-" + escapeName(consumer);
@@ -905,6 +954,68 @@ void FileChannel::cursorDirty(FileCursor* c) {
       static_cast<uint64_t>(config_.checkpoint_interval.count()), 0);
 }
 
+void FileChannel::journal(const std::string& consumer, std::string state) {
+  PutOptions options;
+  options.positions.emplace_back(kJournalPrefix + consumer, std::move(state));
+  put(nullptr, std::move(options));
+}
+
+bool FileChannel::journalUsable(const PersistedCursor& pc) const {
+  if (pc.low < head_pos_ || pc.next > tail_pos_) return false;
+  for (const auto& r : pc.uncommitted) {
+    if (r.begin < head_pos_ || r.end > pc.next || !segments_.count(r.loc.seg)) return false;
+  }
+  return true;
+}
+
+// Start-up: a journal entry newer than (or as new as) a cursor file replaces it.
+void FileChannel::mergeJournal() {
+  for (const auto& [key, value] : positions_) {
+    if (!isJournalKey(key) || value.empty()) continue;
+    std::string name = key.substr(kJournalPrefix.size());
+    const char* p = value.data();
+    size_t fixed = 4 + 8 + 24 + 4;
+    bool ok = value.size() >= fixed && filech::getU32(p) == 1;
+    PersistedCursor pc;
+    if (ok) {
+      pc.exact = true;
+      pc.next = filech::getU64(p + 4);
+      pc.next_loc = getLoc(p + 12);
+      uint32_t n = filech::getU32(p + 36);
+      ok = value.size() == fixed + static_cast<size_t>(n) * 40;
+      pc.low = pc.next;
+      pc.loc = pc.next_loc;
+      for (uint32_t i = 0; ok && i < n; ++i) {
+        const char* r = p + fixed + static_cast<size_t>(i) * 40;
+        CursorLedger<Loc>::Range range{filech::getU64(r), filech::getU64(r + 8), getLoc(r + 16)};
+        if (range.begin >= range.end || range.end > pc.next) ok = false;
+        if (range.begin < pc.low) {
+          pc.low = range.begin;
+          pc.loc = range.loc;
+        }
+        pc.uncommitted.push_back(range);
+      }
+    }
+    if (!ok) {
+      spdlog::warn(
+          "file channel '{}': commit journal entry of consumer '{}' does not parse; its "
+          "cursor file is used",
+          name_, name);
+      continue;
+    }
+    auto it = persisted_.find(name);
+    if (it == persisted_.end() || pc.low >= it->second.low) persisted_[name] = std::move(pc);
+  }
+}
+
+std::map<std::string, std::string> FileChannel::positions() const {
+  std::map<std::string, std::string> out;
+  for (const auto& [key, value] : positions_) {
+    if (!isJournalKey(key)) out.emplace(key, value);
+  }
+  return out;
+}
+
 void FileChannel::checkpoint() {
   if (checkpoint_armed_) {
     uv_timer_stop(checkpoint_timer_);
@@ -985,10 +1096,12 @@ void FileChannel::dispatch() {
     signal = writer_signal_;
     writer_signal_ = false;
   }
+  bool new_segment = false;
   for (auto& d : done) {
     auto it = segments_.find(d.loc.seg);
     if (it == segments_.end()) {
       it = segments_.emplace(d.loc.seg, Segment{d.seg_path, 0, -1}).first;
+      new_segment = true;
     }
     if (d.next_off > it->second.size) {
       disk_bytes_ += d.next_off - it->second.size;
@@ -1015,6 +1128,9 @@ void FileChannel::dispatch() {
       if (c->wants_ready_) queueReady(c);
     }
   }
+  // A roll may leave every cursor past the previous segment (journal and positions-only records
+  // roll segments too).
+  if (new_segment) maybeFree();
   if ((!done.empty() || signal) && space_wanted_) {
     space_wanted_ = false;
     space_queued_ = true;

@@ -32,12 +32,22 @@
 // Cursor file: u32 magic "SLCU" | u32 version 1 | u64 low water (smallest event number the
 // consumer has not committed) | u64 segment seq | u64 offset | u64 record seq (the record that
 // holds the low water) | u32 crc32c of everything before it. Written as `<file>.tmp`, fsynced,
-// renamed over the old one, directory fsynced. Commits are coalesced: a dirty cursor is written
-// at most every `checkpoint_interval`, at stop, and always before a segment it passed is deleted
-// (the writer thread runs metadata jobs in order, retrying each until it succeeds, so an unlink
-// queued after a cursor write never overtakes it). After a crash a consumer resumes at its last
-// written low water: delivery is at least once; what it committed and was written is never
-// delivered again.
+// renamed over the old one, directory fsynced. Cursor files are coalesced: a dirty cursor is
+// written at most every `checkpoint_interval`, at stop, and always before a segment it passed is
+// deleted (the writer thread runs metadata jobs in order, retrying each until it succeeds, so an
+// unlink queued after a cursor write never overtakes it). Between two cursor files the commit
+// journal (below) holds every commit.
+//
+// Commit journal: every commit (and the creation or removal of a cursor) appends a small
+// positions-only record to the log under the reserved key "\x01cursor:<consumer>", holding the
+// cursor's exact state: u32 version 1 | u64 next position | Loc of next (u64 segment, offset,
+// record seq) | u32 count | per range not committed below next (rolled back or outstanding):
+// u64 begin, u64 end, Loc of begin. It rides the writer's group commit like any put, and the
+// positions machinery below keeps its latest value across segment rolls, so at start-up the
+// cursor resumes from the newest of the journal and its cursor file: what a consumer committed
+// (once that journal record is on disk, which is within one group commit) is never delivered to
+// it again, even when it committed out of order. Cursor files remain the checkpoint that
+// segment deletion waits for. An empty value is a tombstone (the cursor was dropped).
 //
 // Positions file: u32 magic "SLPO" | u32 version 1 | u64 segment seq S | u32 count |
 // (u32 len, key, u32 len, value)... | u32 crc32c. The latest value of every key put in records
@@ -189,7 +199,7 @@ class FileChannel final : public Channel {
 
   bool hasRoom(size_t events, size_t bytes) const override;
   bool put(std::shared_ptr<const Batch> batch, PutOptions options = {}) override;
-  std::map<std::string, std::string> positions() const override { return positions_; }
+  std::map<std::string, std::string> positions() const override;
   uint64_t addSpaceListener(std::function<void()> fn) override;
   void removeSpaceListener(uint64_t handle) override;
   Cursor& cursor(const std::string& consumer) override;
@@ -239,6 +249,12 @@ class FileChannel final : public Channel {
   struct PersistedCursor {
     uint64_t low = 0;
     Loc loc;
+    // From the commit journal: the exact state (next position and what below it is not
+    // committed), so a restart hands out nothing that was committed.
+    bool exact = false;
+    uint64_t next = 0;
+    Loc next_loc;
+    std::vector<CursorLedger<Loc>::Range> uncommitted;
   };
 
   // Writer side.
@@ -289,6 +305,10 @@ class FileChannel final : public Channel {
   // Freeing and persistence.
   void maybeFree();
   void cursorDirty(FileCursor* c);
+  // Appends the cursor's exact state to the log (the commit journal, see above).
+  void journal(const std::string& consumer, std::string state);
+  bool journalUsable(const PersistedCursor& pc) const;
+  void mergeJournal();
   void writeCursor(FileCursor* c);
   uint64_t heldLow() const;
 
