@@ -3,6 +3,7 @@
 #include "channels/file/file_channel.h"
 #include "channels/memory/memory_channel.h"
 #include "interceptors/interceptors.h"
+#include "sinks/kafka/kafka_sink.h"
 #include "sinks/null/null_sink.h"
 #include "sinks/stdout/stdout_sink.h"
 #include "sources/exec/exec_source.h"
@@ -17,6 +18,7 @@ void registerBuiltins(Registry& registry) {
   registerFileChannel(registry);
   registerStdoutSink(registry);
   registerNullSink(registry);
+  registerKafkaSink(registry);
   registerInterceptors(registry);
 }
 

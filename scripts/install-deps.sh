@@ -11,6 +11,7 @@ packages=(
   libhttp-parser-dev libcli11-dev libisal-dev libre2-dev
   librapidcheck-dev logrotate kcat default-jdk-headless maven
   systemd curl python3 procps time bc
+  rsyslog rsyslog-openssl
 )
 
 missing=()

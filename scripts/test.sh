@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
+./scripts/kafka-broker.sh fetch
 
 echo "== build (default preset)"
 cmake --preset default

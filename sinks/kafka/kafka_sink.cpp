@@ -1,0 +1,1185 @@
+#include "sinks/kafka/kafka_sink.h"
+
+#include <fcntl.h>
+#include <librdkafka/rdkafka.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+#include <unordered_set>
+
+#include "sinks/kafka/template.h"
+
+namespace sluice {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Configuration helpers
+
+std::vector<std::string> splitBrokers(const std::vector<std::string>& in) {
+  std::vector<std::string> out;
+  for (const auto& item : in) {
+    std::string cur;
+    for (char c : item + ",") {
+      if (c == ',') {
+        size_t b = cur.find_first_not_of(" \t");
+        size_t e = cur.find_last_not_of(" \t");
+        if (b != std::string::npos) out.push_back(cur.substr(b, e - b + 1));
+        cur.clear();
+      } else {
+        cur += c;
+      }
+    }
+  }
+  return out;
+}
+
+// librdkafka properties a first-class option owns, and which option that is.
+const std::map<std::string, std::string>& ownedProperties() {
+  static const std::map<std::string, std::string> owned = {
+      {"bootstrap.servers", "brokers"},
+      {"metadata.broker.list", "brokers"},
+      {"acks", "acks"},
+      {"request.required.acks", "acks"},
+      {"enable.idempotence", "idempotence"},
+      {"compression.codec", "compression"},
+      {"compression.type", "compression"},
+      {"batch.num.messages", "batch_size"},
+      {"linger.ms", "linger"},
+      {"queue.buffering.max.ms", "linger"},
+      {"message.timeout.ms", "message_timeout"},
+      {"delivery.timeout.ms", "message_timeout"},
+      {"queue.buffering.max.messages", "queue_max_events"},
+      {"statistics.interval.ms", "stats_interval"},
+      {"security.protocol", "tls / sasl_mechanism"},
+      {"sasl.mechanism", "sasl_mechanism"},
+      {"sasl.mechanisms", "sasl_mechanism"},
+      {"sasl.username", "sasl_username"},
+      {"sasl.password", "sasl_password"},
+      {"ssl.ca.location", "tls_ca_file"},
+      {"ssl.certificate.location", "tls_cert_file"},
+      {"ssl.key.location", "tls_key_file"},
+      {"ssl.key.password", "tls_key_password"},
+  };
+  return owned;
+}
+
+bool looksSecret(const std::string& key) {
+  return key.find("password") != std::string::npos || key.find("secret") != std::string::npos ||
+         key.find("token") != std::string::npos || key.find(".key") != std::string::npos ||
+         key.find("jaas") != std::string::npos || key.find("oauthbearer") != std::string::npos;
+}
+
+std::optional<std::string> readSecretFile(const std::string& path, std::string& error) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    error = "cannot read " + path + ": " + std::strerror(errno);
+    return std::nullopt;
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+struct ConfDeleter {
+  void operator()(rd_kafka_conf_t* c) const { rd_kafka_conf_destroy(c); }
+};
+using ConfPtr = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
+
+// Fills a librdkafka configuration from ours. Secrets from files are read here. Returns false
+// with `error` set (never containing a secret value).
+bool buildConf(const KafkaConfig& cfg, const std::string& sink_name, rd_kafka_conf_t* conf,
+               std::string& error) {
+  char errstr[512];
+  auto set = [&](const std::string& k, const std::string& v, bool secret = false) {
+    if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), errstr, sizeof errstr) == RD_KAFKA_CONF_OK) {
+      return true;
+    }
+    error = "librdkafka refuses " + k + (secret ? "" : std::string(": ") + errstr);
+    return false;
+  };
+  std::string servers;
+  for (const auto& b : splitBrokers(cfg.brokers)) servers += (servers.empty() ? "" : ",") + b;
+  bool sasl = cfg.sasl_mechanism != "none";
+  std::string protocol =
+      cfg.tls ? (sasl ? "SASL_SSL" : "SSL") : (sasl ? "SASL_PLAINTEXT" : "PLAINTEXT");
+  bool ok = set("client.id", "sluice-" + sink_name) && set("bootstrap.servers", servers) &&
+            set("acks", cfg.acks == "all" ? "all" : cfg.acks) &&
+            set("enable.idempotence", cfg.idempotence ? "true" : "false") &&
+            set("compression.codec", cfg.compression) &&
+            set("batch.num.messages", std::to_string(cfg.batch_size)) &&
+            set("linger.ms", std::to_string(cfg.linger.count())) &&
+            set("message.timeout.ms", std::to_string(cfg.message_timeout.count())) &&
+            set("queue.buffering.max.messages", std::to_string(cfg.queue_max_events)) &&
+            set("statistics.interval.ms", std::to_string(cfg.stats_interval.count())) &&
+            set("security.protocol", protocol);
+  if (!ok) return false;
+  if (sasl) {
+    std::string password = cfg.sasl_password;
+    if (!cfg.sasl_password_file.empty()) {
+      auto p = readSecretFile(cfg.sasl_password_file, error);
+      if (!p) return false;
+      password = *p;
+    }
+    if (!set("sasl.mechanisms", cfg.sasl_mechanism) || !set("sasl.username", cfg.sasl_username) ||
+        !set("sasl.password", password, true)) {
+      return false;
+    }
+  }
+  if (cfg.tls) {
+    if (!cfg.tls_ca_file.empty() && !set("ssl.ca.location", cfg.tls_ca_file)) return false;
+    if (!cfg.tls_cert_file.empty() && !set("ssl.certificate.location", cfg.tls_cert_file)) {
+      return false;
+    }
+    if (!cfg.tls_key_file.empty() && !set("ssl.key.location", cfg.tls_key_file)) return false;
+    std::string key_password = cfg.tls_key_password;
+    if (!cfg.tls_key_password_file.empty()) {
+      auto p = readSecretFile(cfg.tls_key_password_file, error);
+      if (!p) return false;
+      key_password = *p;
+    }
+    if (!key_password.empty() && !set("ssl.key.password", key_password, true)) return false;
+  }
+  for (const auto& [k, v] : cfg.properties) {
+    if (!set(k, v, looksSecret(k))) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error classification
+
+enum class ErrorKind {
+  Timeout,
+  Transport,
+  Auth,
+  Broker,
+  TooLarge,
+  InvalidTopic,
+  BadPartition,
+  DeadLetterWrite,
+  Fatal,
+  Other,
+  Count
+};
+const char* const kErrorMetric[] = {"ErrorTimeoutCount",      "ErrorTransportCount",
+                                    "ErrorAuthCount",         "ErrorBrokerCount",
+                                    "ErrorTooLargeCount",     "ErrorInvalidTopicCount",
+                                    "ErrorBadPartitionCount", "ErrorDeadLetterWriteCount",
+                                    "ErrorFatalCount",        "ErrorOtherCount"};
+
+// Permanent: the same event would be refused again however often it is sent, so it goes to the
+// dead-letter file and the rest of the batch commits. Everything else rolls the batch back.
+bool isPermanent(rd_kafka_resp_err_t err) {
+  switch (err) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+      return true;
+    default:
+      return false;
+  }
+}
+
+ErrorKind kindOf(rd_kafka_resp_err_t err) {
+  switch (err) {
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+      return ErrorKind::Timeout;
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+    case RD_KAFKA_RESP_ERR__RESOLVE:
+    case RD_KAFKA_RESP_ERR__SSL:
+      return ErrorKind::Transport;
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+      return ErrorKind::Auth;
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+      return ErrorKind::TooLarge;
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+      return ErrorKind::InvalidTopic;
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+      return ErrorKind::BadPartition;
+    case RD_KAFKA_RESP_ERR__FATAL:
+      return ErrorKind::Fatal;
+    case RD_KAFKA_RESP_ERR__FS:
+      return ErrorKind::DeadLetterWrite;
+    default:
+      return err > 0 ? ErrorKind::Broker : ErrorKind::Other;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+bool validUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
+std::string base64(std::string_view in) {
+  static const char* tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (static_cast<unsigned char>(in[i]) << 16) |
+                 (static_cast<unsigned char>(in[i + 1]) << 8) |
+                 static_cast<unsigned char>(in[i + 2]);
+    out += tbl[v >> 18];
+    out += tbl[(v >> 12) & 63];
+    out += tbl[(v >> 6) & 63];
+    out += tbl[v & 63];
+  }
+  if (i < in.size()) {
+    uint32_t v = static_cast<unsigned char>(in[i]) << 16;
+    if (i + 1 < in.size()) v |= static_cast<unsigned char>(in[i + 1]) << 8;
+    out += tbl[v >> 18];
+    out += tbl[(v >> 12) & 63];
+    out += i + 1 < in.size() ? tbl[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+std::string dump(const nlohmann::ordered_json& j) {
+  return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+// One line of the dead-letter file. The body is kept byte-exact: as a string when it is UTF-8,
+// as body_base64 otherwise.
+std::string deadLetterLine(const std::string& sink, const std::string& reason,
+                           rd_kafka_resp_err_t err, std::string_view topic,
+                           std::optional<std::string_view> key, const EventView& event) {
+  nlohmann::ordered_json j;
+  j["time"] = formatIsoTime(nowNs());
+  j["sink"] = sink;
+  j["reason"] = reason;
+  j["error"] = rd_kafka_err2name(err);
+  j["topic"] = topic;
+  if (key) {
+    j["key"] = *key;
+  } else {
+    j["key"] = nullptr;
+  }
+  auto& headers = j["headers"] = nlohmann::ordered_json::object();
+  event.forEachHeader([&](std::string_view k, std::string_view v) { headers[std::string(k)] = v; });
+  j["timestamp"] = formatIsoTime(event.timestampNs());
+  if (validUtf8(event.body())) {
+    j["body"] = event.body();
+  } else {
+    j["body_base64"] = base64(event.body());
+  }
+  return dump(j) + "\n";
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sink
+
+enum class Outcome : uint8_t { Delivered, DeadLettered, Retriable };
+
+struct Delivery;
+
+// The opaque of one produced message: which delivery, which event.
+struct MsgRef {
+  Delivery* delivery = nullptr;
+  const Batch* batch = nullptr;
+  uint32_t index = 0;
+  uint64_t produced_ns = 0;  // uv_hrtime at produce
+};
+
+// One deliver() call. Holds its own copy of the take's slices, so the batches stay alive for
+// the poll thread whatever happens to the Take.
+struct Delivery {
+  std::vector<Slice> slices;
+  size_t total = 0;
+  size_t slice_pos = 0;
+  uint32_t event_pos = 0;
+  size_t submitted = 0;  // events handed to librdkafka or to the dead-letter writer
+  size_t resolved = 0;   // events with a final report
+  size_t dead_lettered = 0;
+  bool retry = false;
+  bool queued = false;  // waiting for queue space
+  std::string retry_reason;
+  DeliveryDone done;
+  std::vector<MsgRef> refs;  // one slot per event, never reallocated
+
+  bool allProduced() const { return slice_pos >= slices.size(); }
+  bool finished() const { return !queued && (allProduced() || retry) && resolved == submitted; }
+};
+
+struct Report {
+  MsgRef* ref;
+  Outcome outcome;
+  rd_kafka_resp_err_t err;
+  bool from_kafka;
+};
+
+struct DeadLetterJob {
+  MsgRef* ref;
+  std::string line;
+  rd_kafka_resp_err_t err;
+  bool from_kafka;
+};
+
+class KafkaSink : public Sink {
+ public:
+  KafkaSink(KafkaConfig cfg, std::string name, std::string dead_letter_path, EventTemplate topic,
+            EventTemplate key, rd_kafka_t* rk, MetricSetPtr metrics)
+      : cfg_(std::move(cfg)),
+        name_(std::move(name)),
+        dead_letter_path_(std::move(dead_letter_path)),
+        topic_(std::move(topic)),
+        key_(std::move(key)),
+        rk_(rk),
+        metrics_(std::move(metrics)) {
+    if (cfg_.record_headers.empty() ||
+        (cfg_.record_headers.size() == 1 && cfg_.record_headers[0] == "all")) {
+      all_headers_ = true;
+    } else if (cfg_.record_headers.size() == 1 && cfg_.record_headers[0] == "none") {
+      all_headers_ = false;
+    } else {
+      all_headers_ = false;
+      header_names_ = cfg_.record_headers;
+    }
+    auto& m = *metrics_;
+    for (size_t i = 0; i < static_cast<size_t>(ErrorKind::Count); ++i) {
+      errors_[i] = &m.counter(kErrorMetric[i]);
+    }
+    retries_ = &m.counter("RetryCount");
+    dead_letters_ = &m.counter("DeadLetterCount");
+    queue_full_ = &m.counter("QueueFullCount");
+    m.gauge(
+        "EventsInFlight", [this] { return static_cast<double>(in_flight_); }, this);
+    m.gauge(
+        "DeliveryLatencyMs", [this] { return latency_last_ms_; }, this);
+    m.gauge(
+        "DeliveryLatencyAvgMs", [this] { return latency_avg_ms_; }, this);
+    m.gauge(
+        "ProducerRetries",
+        [this] {
+          std::lock_guard lock(mutex_);
+          return static_cast<double>(producer_retries_);
+        },
+        this);
+    m.gauge(
+        "BrokersConnected",
+        [this] {
+          std::lock_guard lock(mutex_);
+          double up = 0;
+          for (const auto& [id, st] : brokers_) up += st ? 1 : 0;
+          return up;
+        },
+        this);
+  }
+
+  ~KafkaSink() override {
+    metrics_->clearGauges(this);
+    if (thread_.joinable()) {
+      requestStop(Millis(0));
+      thread_.join();
+    } else if (rk_) {
+      rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+      rd_kafka_destroy(rk_);
+    }
+    rk_ = nullptr;
+    if (dl_fd_ >= 0) ::close(dl_fd_);
+    closeAsync();
+  }
+
+  void start(SinkContext& ctx) override {
+    ctx_ = &ctx;
+    async_ = new uv_async_t;
+    uv_async_init(ctx.loop(), async_, &KafkaSink::onAsync);
+    async_->data = this;
+    thread_ = std::thread([this] { pollThread(); });
+  }
+
+  void setProducer(rd_kafka_t* rk) { rk_ = rk; }
+
+  size_t maxInFlight() const override { return cfg_.max_in_flight; }
+  bool ready() const override { return blocked_.empty() && !stopping_; }
+
+  void deliver(const Take& take, DeliveryDone done) override {
+    if (take.events() == 0) {
+      done(DeliveryResult::ok());
+      return;
+    }
+    if (stopping_ || !rk_) {
+      done(DeliveryResult::retry("kafka sink is stopping"));
+      return;
+    }
+    auto owned = std::make_unique<Delivery>();
+    Delivery* d = owned.get();
+    d->slices = take.slices();
+    d->total = take.events();
+    d->event_pos = d->slices.empty() ? 0 : d->slices[0].begin;
+    d->refs.resize(d->total);
+    d->done = std::move(done);
+    deliveries_.emplace(d, std::move(owned));
+    if (!blocked_.empty() || !produce(d)) {
+      if (blocked_.empty()) queue_full_->inc();
+      d->queued = true;
+      blocked_.push_back(d);
+      return;
+    }
+    if (d->finished()) finish({d});
+  }
+
+  void stop(std::function<void()> done) override {
+    stopping_ = true;
+    if (!thread_.joinable()) {
+      done();
+      return;
+    }
+    stop_done_ = std::move(done);
+    requestStop(cfg_.flush_timeout);
+  }
+
+  // --- librdkafka callbacks (poll thread) ---------------------------------------------------
+
+  static void onDeliveryReport(rd_kafka_t*, const rd_kafka_message_t* msg, void* opaque) {
+    auto* self = static_cast<KafkaSink*>(opaque);
+    auto* ref = static_cast<MsgRef*>(msg->_private);
+    if (!ref) return;
+    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      self->local_reports_.push_back({ref, Outcome::Delivered, msg->err, true});
+      return;
+    }
+    if (isPermanent(msg->err)) {
+      self->errors_[static_cast<size_t>(kindOf(msg->err))]->inc();
+      std::optional<std::string_view> key;
+      if (msg->key) key = std::string_view(static_cast<const char*>(msg->key), msg->key_len);
+      const char* topic = msg->rkt ? rd_kafka_topic_name(msg->rkt) : "";
+      self->local_dead_letters_.push_back(
+          {ref,
+           deadLetterLine(self->name_, rd_kafka_err2str(msg->err), msg->err, topic, key,
+                          (*ref->batch)[ref->index]),
+           msg->err, true});
+      return;
+    }
+    self->local_reports_.push_back({ref, Outcome::Retriable, msg->err, true});
+  }
+
+  static void onError(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
+    auto* self = static_cast<KafkaSink*>(opaque);
+    auto code = static_cast<rd_kafka_resp_err_t>(err);
+    if (code == RD_KAFKA_RESP_ERR__FATAL) {
+      char buf[512];
+      rd_kafka_fatal_error(rk, buf, sizeof buf);
+      spdlog::error("kafka sink '{}': fatal producer error: {}", self->name_, buf);
+    } else {
+      spdlog::warn("kafka sink '{}': {}", self->name_, reason);
+    }
+    self->errors_[static_cast<size_t>(kindOf(code))]->inc();
+  }
+
+  static int onStats(rd_kafka_t*, char* json, size_t len, void* opaque) {
+    auto* self = static_cast<KafkaSink*>(opaque);
+    auto j = nlohmann::json::parse(std::string_view(json, len), nullptr, false);
+    if (j.is_discarded() || !j.contains("brokers") || !j["brokers"].is_object()) return 0;
+    std::map<int32_t, bool> states;
+    uint64_t retries = 0;
+    for (const auto& [name, b] : j["brokers"].items()) {
+      if (!b.is_object()) continue;
+      auto id_it = b.find("nodeid");
+      if (id_it == b.end() || !id_it->is_number_integer()) continue;
+      auto id = id_it->get<int64_t>();
+      auto source = b.find("source");
+      if (id < 0 || (source != b.end() && source->is_string() &&
+                     (*source == "internal" || *source == "logical"))) {
+        continue;
+      }
+      auto state = b.find("state");
+      states[static_cast<int32_t>(id)] = state != b.end() && state->is_string() && *state == "UP";
+      auto tx = b.find("txretries");
+      if (tx != b.end() && tx->is_number_unsigned()) retries += tx->get<uint64_t>();
+    }
+    {
+      std::lock_guard lock(self->mutex_);
+      self->brokers_ = std::move(states);
+      self->producer_retries_ = retries;
+      self->brokers_changed_ = true;
+    }
+    uv_async_send(self->async_);
+    return 0;
+  }
+
+  // librdkafka's own log. Connection failures also arrive through onError (logged there as
+  // warnings), so its FAIL lines go to debug to avoid saying everything twice.
+  static void onLog(const rd_kafka_t* rk, int level, const char* fac, const char* buf) {
+    auto* self = static_cast<KafkaSink*>(rd_kafka_opaque(rk));
+    std::string_view name = self ? std::string_view(self->name_) : std::string_view();
+    if (std::strcmp(fac, "FAIL") == 0 || level > 6) {
+      spdlog::debug("kafka sink '{}': {}: {}", name, fac, buf);
+    } else if (level <= 3) {
+      spdlog::error("kafka sink '{}': {}: {}", name, fac, buf);
+    } else if (level <= 4) {
+      spdlog::warn("kafka sink '{}': {}: {}", name, fac, buf);
+    } else {
+      spdlog::info("kafka sink '{}': {}: {}", name, fac, buf);
+    }
+  }
+
+ private:
+  // --- loop thread ---------------------------------------------------------------------------
+
+  // Produces the delivery's remaining events. Returns false when librdkafka's queue is full
+  // (the position is kept for a later call); true when nothing is left to produce.
+  bool produce(Delivery* d) {
+    while (!d->allProduced() && !d->retry) {
+      const Slice& slice = d->slices[d->slice_pos];
+      if (d->event_pos >= slice.end) {  // an empty slice
+        if (++d->slice_pos < d->slices.size()) d->event_pos = d->slices[d->slice_pos].begin;
+        continue;
+      }
+      EventView ev = (*slice.batch)[d->event_pos];
+      MsgRef& ref = d->refs[d->submitted];
+      ref = MsgRef{d, slice.batch.get(), d->event_pos, uv_hrtime()};
+      rd_kafka_resp_err_t err = produceOne(ref, ev);
+      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return false;
+      if (err != RD_KAFKA_RESP_ERR_NO_ERROR && !isPermanent(err) && err != kDeadLettered) {
+        errors_[static_cast<size_t>(kindOf(err))]->inc();
+        d->retry = true;
+        d->retry_reason = std::string("produce failed: ") + rd_kafka_err2str(err);
+        break;
+      }
+      ++d->submitted;
+      if (err == RD_KAFKA_RESP_ERR_NO_ERROR) ++in_flight_;
+      if (++d->event_pos >= slice.end) {
+        ++d->slice_pos;
+        if (!d->allProduced()) d->event_pos = d->slices[d->slice_pos].begin;
+      }
+    }
+    return true;
+  }
+
+  static constexpr rd_kafka_resp_err_t kDeadLettered = RD_KAFKA_RESP_ERR__END;
+
+  // Returns NO_ERROR (produced), kDeadLettered (handed to the dead-letter writer), or the
+  // error librdkafka gave (nothing produced).
+  rd_kafka_resp_err_t produceOne(MsgRef& ref, const EventView& ev) {
+    topic_.render(ev, topic_buf_);
+    bool has_key = !key_.empty();
+    if (has_key) {
+      key_.render(ev, key_buf_);
+      has_key = !key_buf_.empty();
+    }
+    std::optional<std::string_view> key;
+    if (has_key) key = key_buf_;
+    if (!isValidTopicName(topic_buf_)) {
+      errors_[static_cast<size_t>(ErrorKind::InvalidTopic)]->inc();
+      deadLetter(ref,
+                 "invalid topic name '" + topic_buf_ + "' from template '" + topic_.source() + "'",
+                 RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION, key, ev);
+      return kDeadLettered;
+    }
+    int32_t partition = RD_KAFKA_PARTITION_UA;
+    if (!cfg_.partition_header.empty()) {
+      if (auto p = ev.header(cfg_.partition_header)) {
+        int64_t v = 0;
+        bool ok = !p->empty() && p->size() < 10;
+        for (char c : *p) {
+          if (c < '0' || c > '9') ok = false;
+          v = v * 10 + (c - '0');
+        }
+        if (!ok) {
+          errors_[static_cast<size_t>(ErrorKind::BadPartition)]->inc();
+          deadLetter(ref,
+                     "partition header '" + cfg_.partition_header + "' is not a partition number",
+                     RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION, key, ev);
+          return kDeadLettered;
+        }
+        partition = static_cast<int32_t>(v);
+      }
+    }
+    rd_kafka_headers_t* headers = nullptr;
+    if (all_headers_ || !header_names_.empty()) {
+      headers = rd_kafka_headers_new(8);
+      if (all_headers_) {
+        ev.forEachHeader([&](std::string_view k, std::string_view v) {
+          rd_kafka_header_add(headers, k.data(), static_cast<ssize_t>(k.size()), v.data(),
+                              static_cast<ssize_t>(v.size()));
+        });
+      } else {
+        for (const auto& name : header_names_) {
+          if (auto v = ev.header(name)) {
+            rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()), v->data(),
+                                static_cast<ssize_t>(v->size()));
+          }
+        }
+      }
+    }
+    std::string_view value = ev.body();
+    if (cfg_.format == "json") {
+      nlohmann::ordered_json j;
+      j["body"] = ev.body();
+      auto& hs = j["headers"] = nlohmann::ordered_json::object();
+      ev.forEachHeader([&](std::string_view k, std::string_view v) { hs[std::string(k)] = v; });
+      j["timestamp"] = formatIsoTime(ev.timestampNs());
+      value_buf_ = dump(j);
+      value = value_buf_;
+    }
+    int64_t ts_ms = ev.timestampNs() / 1'000'000;
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        rk_, RD_KAFKA_V_TOPIC(topic_buf_.c_str()), RD_KAFKA_V_PARTITION(partition),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+        RD_KAFKA_V_KEY(has_key ? key_buf_.data() : nullptr, has_key ? key_buf_.size() : 0),
+        RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_TIMESTAMP(ts_ms > 0 ? ts_ms : 0),
+        RD_KAFKA_V_OPAQUE(&ref), RD_KAFKA_V_END);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return err;
+    if (headers) rd_kafka_headers_destroy(headers);
+    if (isPermanent(err)) {
+      errors_[static_cast<size_t>(kindOf(err))]->inc();
+      deadLetter(ref, rd_kafka_err2str(err), err, key, ev);
+      return kDeadLettered;
+    }
+    return err;
+  }
+
+  void deadLetter(MsgRef& ref, const std::string& reason, rd_kafka_resp_err_t err,
+                  std::optional<std::string_view> key, const EventView& ev) {
+    std::string line = deadLetterLine(name_, reason, err, topic_buf_, key, ev);
+    std::lock_guard lock(mutex_);
+    dl_jobs_.push_back({&ref, std::move(line), err, false});
+  }
+
+  static void onAsync(uv_async_t* handle) {
+    auto* self = static_cast<KafkaSink*>(handle->data);
+    if (self) self->drainReports();
+  }
+
+  void drainReports() {
+    std::vector<Report> reports;
+    bool brokers_changed = false;
+    bool thread_done = false;
+    {
+      std::lock_guard lock(mutex_);
+      reports.swap(reports_);
+      brokers_changed = brokers_changed_;
+      brokers_changed_ = false;
+      thread_done = thread_done_;
+    }
+    if (brokers_changed) registerBrokerGauges();
+    std::vector<Delivery*> finished;
+    bool was_blocked = !blocked_.empty();
+    uint64_t now = uv_hrtime();
+    for (const auto& r : reports) {
+      MsgRef* ref = r.ref;
+      Delivery* d = ref->delivery;
+      if (r.from_kafka) {
+        --in_flight_;
+        if (r.outcome == Outcome::Delivered) {
+          double ms = static_cast<double>(now - ref->produced_ns) / 1e6;
+          latency_last_ms_ = ms;
+          latency_avg_ms_ = latency_samples_++ == 0 ? ms : latency_avg_ms_ * 0.9 + ms * 0.1;
+        }
+      }
+      ++d->resolved;
+      if (r.outcome == Outcome::DeadLettered) {
+        ++d->dead_lettered;
+        dead_letters_->inc();
+      } else if (r.outcome == Outcome::Retriable) {
+        errors_[static_cast<size_t>(kindOf(r.err))]->inc();
+        if (!d->retry) {
+          d->retry = true;
+          d->retry_reason = rd_kafka_err2str(r.err);
+        }
+        if (d->queued) {
+          // Nothing more of it is produced: it will be rolled back anyway.
+          blocked_.erase(std::find(blocked_.begin(), blocked_.end(), d));
+          d->queued = false;
+        }
+      }
+      if (d->finished() && d->resolved == d->submitted) finished.push_back(d);
+    }
+    while (!blocked_.empty()) {
+      Delivery* d = blocked_.front();
+      if (!produce(d)) break;
+      d->queued = false;
+      blocked_.pop_front();
+      if (d->finished()) finished.push_back(d);
+    }
+    // A delivery may be listed twice (a report finished it, then it left the blocked queue).
+    std::sort(finished.begin(), finished.end());
+    finished.erase(std::unique(finished.begin(), finished.end()), finished.end());
+    finish(finished);
+    if (thread_done) {
+      // The group stops a sink only once nothing is outstanding; should anything be left
+      // (never produced for lack of queue room), it is answered Retry, never dropped.
+      std::vector<Delivery*> left;
+      for (auto& [d, owned] : deliveries_) {
+        d->retry = true;
+        d->queued = false;
+        if (d->retry_reason.empty()) d->retry_reason = "kafka sink stopped";
+        left.push_back(d);
+      }
+      blocked_.clear();
+      finish(left);
+      thread_.join();
+      rk_ = nullptr;  // destroyed by the poll thread
+      closeAsync();
+      auto done = std::move(stop_done_);
+      stop_done_ = nullptr;
+      if (done) done();
+      return;
+    }
+    if (was_blocked && blocked_.empty() && ctx_ && !stopping_) ctx_->wake();
+  }
+
+  // Answers finished deliveries. Their state is gone before any `done` runs, so a done that
+  // re-enters deliver() sees a consistent sink.
+  void finish(const std::vector<Delivery*>& finished) {
+    std::vector<std::pair<DeliveryDone, DeliveryResult>> answers;
+    for (Delivery* d : finished) {
+      auto it = deliveries_.find(d);
+      if (it == deliveries_.end()) continue;
+      DeliveryResult result = DeliveryResult::ok();
+      if (d->retry) {
+        retries_->inc();
+        result = DeliveryResult::retry(d->retry_reason);
+      } else if (d->dead_lettered > 0) {
+        spdlog::warn("kafka sink '{}': {} events of a batch of {} went to the dead-letter file {}",
+                     name_, d->dead_lettered, d->total, dead_letter_path_);
+      }
+      answers.emplace_back(std::move(d->done), std::move(result));
+      deliveries_.erase(it);
+    }
+    for (auto& [done, result] : answers) done(std::move(result));
+  }
+
+  void registerBrokerGauges() {
+    std::vector<int32_t> ids;
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& [id, st] : brokers_) ids.push_back(id);
+    }
+    for (int32_t id : ids) {
+      if (!gauged_brokers_.insert(id).second) continue;
+      metrics_->gauge(
+          "BrokerConnected." + std::to_string(id),
+          [this, id] {
+            std::lock_guard lock(mutex_);
+            auto it = brokers_.find(id);
+            return it != brokers_.end() && it->second ? 1.0 : 0.0;
+          },
+          this);
+    }
+  }
+
+  void closeAsync() {
+    if (!async_) return;
+    async_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(async_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    async_ = nullptr;
+  }
+
+  void requestStop(Millis flush) {
+    std::lock_guard lock(mutex_);
+    flush_ms_ = static_cast<int>(flush.count());
+    stop_requested_ = true;
+  }
+
+  // --- poll thread ---------------------------------------------------------------------------
+
+  void pollThread() {
+    for (;;) {
+      {
+        std::lock_guard lock(mutex_);
+        if (stop_requested_) break;
+      }
+      rd_kafka_poll(rk_, 50);
+      writeDeadLetters();
+      publish();
+    }
+    int flush_ms = 0;
+    {
+      std::lock_guard lock(mutex_);
+      flush_ms = flush_ms_;
+    }
+    // Whatever is still queued gets the deadline to reach the broker; the rest is purged and
+    // reported as retriable (the group rolls it back; a file channel keeps it).
+    rd_kafka_resp_err_t err = rd_kafka_flush(rk_, flush_ms);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      spdlog::warn("kafka sink '{}': {} messages not confirmed within the flush deadline", name_,
+                   rd_kafka_outq_len(rk_));
+      rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+      rd_kafka_poll(rk_, 0);
+    }
+    writeDeadLetters();
+    publish();
+    rd_kafka_destroy(rk_);
+    {
+      std::lock_guard lock(mutex_);
+      thread_done_ = true;
+      if (async_) uv_async_send(async_);
+    }
+  }
+
+  // Appends the dead letters gathered by this round (from delivery reports and from the loop)
+  // and syncs the file once, before their events are reported as dead-lettered: a batch never
+  // commits ahead of its dead letters being durable. A failed write reports them retriable.
+  void writeDeadLetters() {
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& job : dl_jobs_) local_dead_letters_.push_back(std::move(job));
+      dl_jobs_.clear();
+    }
+    if (local_dead_letters_.empty()) return;
+    bool ok = openDeadLetterFile();
+    for (const auto& job : local_dead_letters_) {
+      if (!ok) break;
+      const char* p = job.line.data();
+      size_t left = job.line.size();
+      while (left > 0) {
+        ssize_t n = ::write(dl_fd_, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          ok = false;
+          break;
+        }
+        p += n;
+        left -= static_cast<size_t>(n);
+      }
+    }
+    if (ok && ::fdatasync(dl_fd_) != 0) ok = false;
+    if (!ok) {
+      spdlog::error("kafka sink '{}': cannot write the dead-letter file {}: {}", name_,
+                    dead_letter_path_, std::strerror(errno));
+    }
+    for (const auto& job : local_dead_letters_) {
+      local_reports_.push_back({job.ref, ok ? Outcome::DeadLettered : Outcome::Retriable,
+                                ok ? job.err : RD_KAFKA_RESP_ERR__FS, job.from_kafka});
+    }
+    local_dead_letters_.clear();
+  }
+
+  bool openDeadLetterFile() {
+    if (dl_fd_ >= 0) return true;
+    std::error_code ec;
+    auto parent = std::filesystem::path(dead_letter_path_).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+    dl_fd_ = ::open(dead_letter_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    return dl_fd_ >= 0;
+  }
+
+  void publish() {
+    if (local_reports_.empty()) return;
+    std::lock_guard lock(mutex_);
+    if (reports_.empty()) {
+      reports_.swap(local_reports_);
+    } else {
+      reports_.insert(reports_.end(), local_reports_.begin(), local_reports_.end());
+      local_reports_.clear();
+    }
+    if (async_) uv_async_send(async_);
+  }
+
+  KafkaConfig cfg_;
+  std::string name_;
+  std::string dead_letter_path_;
+  EventTemplate topic_;
+  EventTemplate key_;
+  rd_kafka_t* rk_ = nullptr;
+  MetricSetPtr metrics_;
+  SinkContext* ctx_ = nullptr;
+  bool all_headers_ = true;
+  std::vector<std::string> header_names_;
+
+  // Loop thread only.
+  std::unordered_map<Delivery*, std::unique_ptr<Delivery>> deliveries_;
+  std::deque<Delivery*> blocked_;  // deliveries with events left to produce, in order
+  bool stopping_ = false;
+  std::function<void()> stop_done_;
+  size_t in_flight_ = 0;
+  double latency_last_ms_ = 0;
+  double latency_avg_ms_ = 0;
+  uint64_t latency_samples_ = 0;
+  std::unordered_set<int32_t> gauged_brokers_;
+  std::string topic_buf_, key_buf_, value_buf_;
+  Counter* errors_[static_cast<size_t>(ErrorKind::Count)] = {};
+  Counter* retries_ = nullptr;
+  Counter* dead_letters_ = nullptr;
+  Counter* queue_full_ = nullptr;
+
+  // Poll thread only.
+  std::vector<Report> local_reports_;
+  std::vector<DeadLetterJob> local_dead_letters_;
+  int dl_fd_ = -1;
+
+  // Shared, under mutex_.
+  std::mutex mutex_;
+  uv_async_t* async_ = nullptr;  // set before the thread starts; cleared after it is joined
+  std::vector<Report> reports_;
+  std::vector<DeadLetterJob> dl_jobs_;
+  std::map<int32_t, bool> brokers_;
+  uint64_t producer_retries_ = 0;
+  bool brokers_changed_ = false;
+  bool stop_requested_ = false;
+  bool thread_done_ = false;
+  int flush_ms_ = 0;
+
+  std::thread thread_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+const OptionTable<KafkaConfig>& kafkaOptionTable() {
+  static const OptionTable<KafkaConfig> table = [] {
+    using C = KafkaConfig;
+    OptionTable<C> t;
+    t.list("brokers", &C::brokers, true,
+           "Bootstrap brokers, host:port (a list, or one comma-separated string).");
+    t.requiredString("topic", &C::topic,
+                     "Topic template: text with %{header} and %Y %m %d %H %M %S of the event "
+                     "time (UTC). An event whose topic renders invalid goes to the dead-letter "
+                     "file.");
+    t.string("key", &C::key, "",
+             "Record key template (as topic); empty, or rendering empty: no key.");
+    t.string("partition_header", &C::partition_header, "",
+             "Header whose value is the partition number; empty or absent: librdkafka's "
+             "partitioner.");
+    t.list("record_headers", &C::record_headers, false,
+           "Event headers copied to Kafka record headers: all (default), none, or a list of "
+           "names.");
+    t.choice("format", &C::format, {"body", "json"}, "body",
+             "body: the event body as is; json: {\"body\",\"headers\",\"timestamp\"} envelope.");
+    t.choice("compression", &C::compression, {"none", "gzip", "snappy", "lz4", "zstd"}, "none",
+             "Compression codec of record batches.");
+    t.integer("batch_size", &C::batch_size, 10000, 1, 1000000,
+              "Most messages in one produce batch (batch.num.messages).");
+    t.duration("linger", &C::linger, "5ms", Millis(0), Millis(900000),
+               "How long librdkafka waits to fill a batch (linger.ms).");
+    t.choice("acks", &C::acks, {"all", "1", "0"}, "all",
+             "Acknowledgements the leader waits for; all = every in-sync replica.");
+    t.boolean("idempotence", &C::idempotence, true,
+              "Idempotent producer: no duplicates or reordering from librdkafka's own retries "
+              "(needs acks: all).");
+    t.duration("message_timeout", &C::message_timeout, "5m", Millis(1), Millis(2147483647),
+               "Time librdkafka keeps retrying a message (message.timeout.ms); after it the "
+               "batch is rolled back and retried by the sink group.");
+    t.integer("queue_max_events", &C::queue_max_events, 100000, 1, 10000000,
+              "librdkafka's local queue (queue.buffering.max.messages); when full the sink "
+              "stops taking from the channel.");
+    t.integer("max_in_flight", &C::max_in_flight, 4, 1, 64, "Batches the sink delivers at once.");
+    t.duration("flush_timeout", &C::flush_timeout, "5s", Millis(0), Millis(600000),
+               "At stop, how long queued messages get to reach the broker before the producer "
+               "is destroyed.");
+    t.duration("stats_interval", &C::stats_interval, "5s", Millis(0), Millis(86400000),
+               "librdkafka statistics interval (per-broker connection state); 0: off.");
+    t.string("dead_letter_path", &C::dead_letter_path, "",
+             "JSON-lines file for permanently refused events; default "
+             "<agent.data_dir>/dead_letter/<sink name>.jsonl.");
+    t.stringMap("properties", &C::properties,
+                "Pass-through librdkafka properties; keys a first-class option owns are "
+                "refused.");
+    t.choice("sasl_mechanism", &C::sasl_mechanism,
+             {"none", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}, "none", "SASL mechanism.");
+    t.string("sasl_username", &C::sasl_username, "", "SASL user name.");
+    t.string("sasl_password", &C::sasl_password, "",
+             "SASL password; write ${ENV_VAR}, or use sasl_password_file. Never logged.");
+    t.string("sasl_password_file", &C::sasl_password_file, "",
+             "File holding the SASL password (trailing newline ignored).");
+    t.boolean("tls", &C::tls, false, "Connect with TLS.");
+    t.string("tls_ca_file", &C::tls_ca_file, "", "CA certificate(s) to verify brokers (PEM).");
+    t.string("tls_cert_file", &C::tls_cert_file, "", "Client certificate (PEM).");
+    t.string("tls_key_file", &C::tls_key_file, "", "Client private key (PEM).");
+    t.string("tls_key_password", &C::tls_key_password, "",
+             "Password of the client key; write ${ENV_VAR}. Never logged.");
+    t.string("tls_key_password_file", &C::tls_key_password_file, "",
+             "File holding the password of the client key.");
+    return t;
+  }();
+  return table;
+}
+
+std::vector<std::pair<std::string, std::string>> validateKafkaConfig(const KafkaConfig& cfg) {
+  std::vector<std::pair<std::string, std::string>> errors;
+  auto brokers = splitBrokers(cfg.brokers);
+  if (brokers.empty()) errors.emplace_back("brokers", "must list at least one broker");
+  for (const auto& b : brokers) {
+    auto colon = b.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == b.size()) {
+      errors.emplace_back("brokers", "'" + b + "' is not host:port");
+    }
+  }
+  std::string error;
+  auto topic = EventTemplate::compile(cfg.topic, error);
+  if (!topic) {
+    errors.emplace_back("topic", error);
+  } else if (topic->isLiteral() && !cfg.topic.empty()) {
+    std::string rendered;
+    Batch b;
+    b.add("", 0);
+    topic->render(b[0], rendered);
+    if (!isValidTopicName(rendered)) {
+      errors.emplace_back("topic", "'" + rendered +
+                                       "' is not a valid topic name (1..249 characters of "
+                                       "a-z A-Z 0-9 . _ -)");
+    }
+  }
+  if (!EventTemplate::compile(cfg.key, error)) errors.emplace_back("key", error);
+  if (cfg.record_headers.size() > 1) {
+    for (const auto& h : cfg.record_headers) {
+      if (h == "all" || h == "none") {
+        errors.emplace_back("record_headers", "'" + h + "' must be the only entry");
+        break;
+      }
+    }
+  }
+  if (cfg.idempotence && cfg.acks != "all") {
+    errors.emplace_back("idempotence",
+                        "the idempotent producer needs acks: all (or set idempotence: false)");
+  }
+  bool sasl = cfg.sasl_mechanism != "none";
+  if (sasl) {
+    if (cfg.sasl_username.empty()) errors.emplace_back("sasl_username", "required with SASL");
+    if (cfg.sasl_password.empty() && cfg.sasl_password_file.empty()) {
+      errors.emplace_back("sasl_password", "required with SASL (or sasl_password_file)");
+    }
+  } else if (!cfg.sasl_username.empty() || !cfg.sasl_password.empty() ||
+             !cfg.sasl_password_file.empty()) {
+    errors.emplace_back("sasl_mechanism", "SASL credentials are set but sasl_mechanism is none");
+  }
+  if (!cfg.sasl_password.empty() && !cfg.sasl_password_file.empty()) {
+    errors.emplace_back("sasl_password_file", "set sasl_password or sasl_password_file, not both");
+  }
+  if (!cfg.tls_key_password.empty() && !cfg.tls_key_password_file.empty()) {
+    errors.emplace_back("tls_key_password_file",
+                        "set tls_key_password or tls_key_password_file, not both");
+  }
+  if (!cfg.tls &&
+      (!cfg.tls_ca_file.empty() || !cfg.tls_cert_file.empty() || !cfg.tls_key_file.empty() ||
+       !cfg.tls_key_password.empty() || !cfg.tls_key_password_file.empty())) {
+    errors.emplace_back("tls", "TLS files are set but tls is false");
+  }
+  // Pass-through properties: refused when a first-class option owns the key, or when
+  // librdkafka itself does not accept the name or value. Secret-looking values are not echoed.
+  ConfPtr scratch(rd_kafka_conf_new());
+  for (const auto& [k, v] : cfg.properties) {
+    auto owned = ownedProperties().find(k);
+    if (owned != ownedProperties().end()) {
+      errors.emplace_back("properties." + k, "'" + k + "' is set by the option '" + owned->second +
+                                                 "'; use that instead");
+      continue;
+    }
+    char errstr[512];
+    auto rc = rd_kafka_conf_set(scratch.get(), k.c_str(), v.c_str(), errstr, sizeof errstr);
+    if (rc == RD_KAFKA_CONF_UNKNOWN) {
+      errors.emplace_back("properties." + k, "librdkafka has no property '" + k + "'");
+    } else if (rc != RD_KAFKA_CONF_OK) {
+      errors.emplace_back("properties." + k, looksSecret(k)
+                                                 ? std::string("librdkafka refuses the value")
+                                                 : std::string("librdkafka refuses it: ") + errstr);
+    }
+  }
+  return errors;
+}
+
+SinkPtr makeKafkaSink(const KafkaConfig& cfg, const BuildContext& ctx) {
+  auto errors = validateKafkaConfig(cfg);
+  if (!errors.empty()) {
+    for (const auto& [k, msg] : errors) spdlog::error("kafka sink '{}': {}: {}", ctx.name, k, msg);
+    return nullptr;
+  }
+  std::string error;
+  auto topic = EventTemplate::compile(cfg.topic, error);
+  auto key = EventTemplate::compile(cfg.key, error);
+  std::string dl_path = cfg.dead_letter_path;
+  if (dl_path.empty()) {
+    std::string dir = ctx.agent && !ctx.agent->data_dir.empty() ? ctx.agent->data_dir : ".";
+    dl_path = dir + "/dead_letter/" + ctx.name + ".jsonl";
+  }
+  ConfPtr conf(rd_kafka_conf_new());
+  if (!buildConf(cfg, ctx.name, conf.get(), error)) {
+    spdlog::error("kafka sink '{}': {}", ctx.name, error);
+    return nullptr;
+  }
+  rd_kafka_conf_set_dr_msg_cb(conf.get(), &KafkaSink::onDeliveryReport);
+  rd_kafka_conf_set_error_cb(conf.get(), &KafkaSink::onError);
+  rd_kafka_conf_set_log_cb(conf.get(), &KafkaSink::onLog);
+  if (cfg.stats_interval.count() > 0) rd_kafka_conf_set_stats_cb(conf.get(), &KafkaSink::onStats);
+  // The opaque is set once the sink exists; librdkafka calls nothing of ours before poll,
+  // except the log callback, which tolerates a null opaque.
+  char errstr[512];
+  MetricSetPtr metrics = ctx.metrics ? ctx.metrics : std::make_shared<MetricSet>("SINK", ctx.name);
+  auto sink = std::make_unique<KafkaSink>(cfg, ctx.name, dl_path, std::move(*topic),
+                                          std::move(*key), nullptr, metrics);
+  rd_kafka_conf_set_opaque(conf.get(), sink.get());
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof errstr);
+  if (!rk) {
+    spdlog::error("kafka sink '{}': cannot create the producer: {}", ctx.name, errstr);
+    return nullptr;
+  }
+  conf.release();  // rd_kafka_new owns it now
+  sink->setProducer(rk);
+  return sink;
+}
+
+void registerKafkaSink(Registry& registry) {
+  registry.addSink<KafkaConfig>("kafka",
+                                "Produces events to Apache Kafka; commits a batch once the broker "
+                                "acknowledged every event.",
+                                kafkaOptionTable(), &makeKafkaSink);
+  // Cross-key checks run at config load (so `sluice check` reports them with file:line:col):
+  // the registry has no validation hook, so the parser it built is wrapped here.
+  auto* type = const_cast<ComponentType*>(registry.find(Kind::Sink, "kafka"));
+  auto parse = type->parse;
+  type->parse = [parse](const YAML::Node& node, ConfigReader& reader, const std::string& path) {
+    std::any result = parse(node, reader, path);
+    const auto& cfg = std::any_cast<const KafkaConfig&>(result);
+    for (const auto& [key, msg] : validateKafkaConfig(cfg)) {
+      // Point at the offending key when it is in the file, else at the sink itself. (No
+      // YAML::Node assignment here: on a defined node it rebinds the document's node.)
+      std::string first = key.substr(0, key.find('.'));
+      Location where = locationOf(node);
+      if (node.IsMap() && node[first].IsDefined()) {
+        const YAML::Node at = node[first];
+        where = locationOf(at);
+        if (key.size() > first.size() && at.IsMap() &&
+            at[key.substr(first.size() + 1)].IsDefined()) {
+          where = locationOf(at[key.substr(first.size() + 1)]);
+        }
+      }
+      reader.diag().error(where, path + "." + key, msg);
+    }
+    return result;
+  };
+}
+
+}  // namespace sluice

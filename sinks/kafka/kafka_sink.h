@@ -1,0 +1,64 @@
+#pragma once
+// The `kafka` sink: produces every event of a taken batch to Apache Kafka with librdkafka and
+// answers Ok only once the broker acknowledged every event (acks=all, idempotent producer by
+// default) or a permanently refused event went to the dead-letter file. See docs/kafka.md.
+//
+// Threads: deliver/ready/stop run on the loop thread and never block. One poll thread per sink
+// runs rd_kafka_poll (delivery reports, statistics, errors), writes dead letters, and hands
+// results to the loop with uv_async_send. At stop the poll thread flushes with a deadline and
+// destroys the producer, so the loop never waits on librdkafka.
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "agent/registry.h"
+
+namespace sluice {
+
+struct KafkaConfig {
+  std::vector<std::string> brokers;
+  std::string topic;
+  std::string key;
+  std::string partition_header;
+  std::vector<std::string> record_headers;  // empty or [all]: all; [none]: none; else names
+  std::string format;
+  std::string compression;
+  uint64_t batch_size = 0;
+  Millis linger{};
+  std::string acks;
+  bool idempotence = true;
+  Millis message_timeout{};
+  uint64_t queue_max_events = 0;
+  uint64_t max_in_flight = 0;
+  Millis flush_timeout{};
+  Millis stats_interval{};
+  std::string dead_letter_path;
+  std::map<std::string, std::string> properties;
+  std::string sasl_mechanism;
+  std::string sasl_username;
+  std::string sasl_password;
+  std::string sasl_password_file;
+  bool tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_key_password;
+  std::string tls_key_password_file;
+  bool operator==(const KafkaConfig&) const = default;
+};
+
+const OptionTable<KafkaConfig>& kafkaOptionTable();
+
+// Checks what the option table alone cannot: templates, broker list, option combinations, and
+// pass-through properties (refused when a first-class option owns the key, or when librdkafka
+// does not accept them). Returns (key, message) pairs; empty when the config is good.
+std::vector<std::pair<std::string, std::string>> validateKafkaConfig(const KafkaConfig& cfg);
+
+// Builds the sink (the producer is created here); null, with the reason logged, on failure.
+SinkPtr makeKafkaSink(const KafkaConfig& cfg, const BuildContext& ctx);
+
+void registerKafkaSink(Registry& registry);
+
+}  // namespace sluice

@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# Events per second from a file channel into a local Apache Kafka broker (scripts/kafka-broker.sh)
+# with 200-byte events, next to librdkafka's own producer benchmark (rdkafka_performance, built
+# from the example source Debian's librdkafka-dev ships; kcat -P when that is missing) against
+# the same broker in the same run. Both produce with acks=all, idempotence, linger 5 ms,
+# batch.num.messages 10000, no compression. Prints a table of the median of RUNS runs each.
+#
+#   tests/bench/kafka_bench.sh [EVENTS] [RUNS]        (defaults: 500000 5)
+#   SLUICE=path/to/sluice (default build/default/sluice)
+#
+# sluice's figure: a first agent fills the file channel with EVENTS events while its kafka sink
+# points at a closed port; then a second agent with no source starts with the filled channel and
+# is timed from its start until its sink has counted EVENTS delivered (broker-acknowledged)
+# events. The bare producer is timed by itself (its own "msgs/s" line). A third row drains the
+# same kind of filled channel into the null sink: the ceiling the channel itself allows.
+# Asserts nothing; exits non-zero only when a run fails.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root="$(pwd)"
+
+events="${1:-500000}"
+runs="${2:-5}"
+sluice="${SLUICE:-$root/build/default/sluice}"
+[ -x "$sluice" ] || {
+  echo "kafka_bench: no sluice binary at $sluice (set SLUICE=...)" >&2
+  exit 1
+}
+for tool in curl python3 kcat cc awk; do
+  command -v "$tool" >/dev/null || {
+    echo "kafka_bench: $tool is needed" >&2
+    exit 1
+  }
+done
+
+work="$(mktemp -d /tmp/sluice-kafka-bench.XXXXXX)"
+agent_pid=""
+cleanup() {
+  [ -n "$agent_pid" ] && kill -9 "$agent_pid" 2>/dev/null || true
+  "$root/scripts/kafka-broker.sh" kill "$work/broker" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "kafka_bench: starting the broker (full JIT) in $work/broker" >&2
+bootstrap="$(KAFKA_OWNER_PID=$$ "$root/scripts/kafka-broker.sh" start "$work/broker" 0)"
+
+# --- the bare producer --------------------------------------------------------------------------
+baseline_name=""
+perf_src=/usr/share/doc/librdkafka-dev/examples/rdkafka_performance.c
+if [ -f "$perf_src" ] || [ -f "$perf_src.gz" ]; then
+  # The example includes librdkafka's internal rd.h and rdtime.h; a few lines stand in for them.
+  mkdir -p "$work/perf/src" "$work/perf/ex"
+  if [ -f "$perf_src" ]; then cp "$perf_src" "$work/perf/ex/"; else
+    gunzip -c "$perf_src.gz" >"$work/perf/ex/rdkafka_performance.c"
+  fi
+  cat >"$work/perf/ex/rd.h" <<'EOF'
+#ifndef SLUICE_RD_SHIM_H
+#define SLUICE_RD_SHIM_H
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+typedef int64_t rd_ts_t;
+static inline rd_ts_t rd_clock(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (rd_ts_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+#define rd_snprintf snprintf
+#define RD_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define RD_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define RD_UNUSED __attribute__((unused))
+#endif
+EOF
+  echo '#include "../ex/rd.h"' >"$work/perf/src/rd.h"
+  : >"$work/perf/ex/rdtime.h"
+  if cc -O2 -w -I/usr/include/librdkafka -I"$work/perf/ex" "$work/perf/ex/rdkafka_performance.c" \
+    -o "$work/rdkafka_performance" -lrdkafka 2>"$work/perf/build.log"; then
+    baseline_name="rdkafka_performance"
+  else
+    echo "kafka_bench: rdkafka_performance did not build; using kcat -P" >&2
+  fi
+fi
+[ -n "$baseline_name" ] || baseline_name="kcat -P"
+
+# A 200-byte body: a 10-digit number and 190 filler bytes.
+filler="$(printf '%0190d' 0 | tr 0 x)"
+
+# Creates the topic (auto-create) before a timed run, so neither side pays for that.
+warmTopic() { echo warm | kcat -P -b "$bootstrap" -t "$1" -X acks=all; }
+
+baselineRun() {
+  local topic="$1"
+  warmTopic "$topic"
+  if [ "$baseline_name" = "rdkafka_performance" ]; then
+    "$work/rdkafka_performance" -P -t "$topic" -b "$bootstrap" -s 200 -c "$events" -a -1 \
+      -X enable.idempotence=true -X linger.ms=5 -X batch.num.messages=10000 \
+      -X compression.codec=none 2>&1 |
+      sed -n 's/.* delivered .* in \([0-9]*\)ms: \([0-9]*\) msgs\/s.*/\2/p' | tail -n 1
+  else
+    awk -v n="$events" -v f="$filler" 'BEGIN { for (i = 1; i <= n; i++) printf "%010d%s\n", i, f }' \
+      >"$work/lines.txt"
+    local t0 t1
+    t0=$(date +%s%N)
+    kcat -P -b "$bootstrap" -t "$topic" -X acks=all -X enable.idempotence=true -X linger.ms=5 \
+      -X batch.num.messages=10000 -l "$work/lines.txt"
+    t1=$(date +%s%N)
+    echo $((events * 1000000000 / (t1 - t0)))
+  fi
+}
+
+metric() {  # metric PORT COMPONENT NAME; cheap (curl + awk), as it runs beside the agent
+  curl -s "http://127.0.0.1:$1/metrics.json" | awk -v c="\"$2\"" -v n="\"$3\"" '
+    $1 == c":" && $2 == "{" { in_c = 1; next }
+    in_c && /^  [}]/ { in_c = 0 }
+    in_c && $1 == n":" { v = $2; sub(/,$/, "", v); printf "%d\n", v; found = 1; exit }
+    END { if (!found) print 0 }'
+}
+
+statusPort() {  # statusPort LOG
+  [ -f "$1" ] || return 0
+  sed -n 's/.*status server listening on .* (port \([0-9]*\)).*/\1/p' "$1" | head -n 1
+}
+
+sinkYaml() {  # sinkYaml BROKERS TOPIC
+  cat <<EOF
+sinks:
+  k:
+    type: kafka
+    channel: disk
+    brokers: [$1]
+    topic: $2
+    acks: all
+    idempotence: true
+    linger: 5ms
+    batch_size: 10000
+    compression: none
+    message_timeout: 10m
+    flush_timeout: 1s
+EOF
+}
+
+sluiceRun() {  # sluiceRun TOPIC [null]: with "null", the drain goes to a null sink instead
+  local topic="$1" drain_sink="${2:-kafka}" dir="$work/run-$1"
+  # This runs in a command substitution, which does not inherit the EXIT trap.
+  trap '[ -z "$agent_pid" ] || kill -9 "$agent_pid" 2>/dev/null || true' EXIT
+  mkdir -p "$dir"
+  warmTopic "$topic"
+  local channel="channels:
+  disk:
+    type: file
+    min_free_bytes: 64MiB
+"
+  local agent="agent:
+  name: bench
+  status: 127.0.0.1:0
+  drain_timeout: 1s
+  data_dir: $dir/data
+"
+  awk -v n="$events" -v f="$filler" 'BEGIN { for (i = 1; i <= n; i++) printf "%010d%s\n", i, f }' \
+    >"$dir/lines.txt"
+  # 1: fill the channel; the sink points at a closed port so nothing leaves it.
+  {
+    echo "$agent"
+    printf 'sources:\n  lines:\n    type: exec\n    command: cat %s\n    restart: false\n' \
+      "$dir/lines.txt"
+    printf '    channels: [disk]\n'
+    echo "$channel"
+    sinkYaml "127.0.0.1:1" "$topic"
+  } >"$dir/fill.yaml"
+  "$sluice" run -c "$dir/fill.yaml" >"$dir/fill.out" 2>"$dir/fill.err" &
+  agent_pid=$!
+  local port="" deadline=$((SECONDS + 600))
+  while :; do
+    [ -n "$port" ] || port="$(statusPort "$dir/fill.err")"
+    if [ -n "$port" ] && [ "$(metric "$port" CHANNEL.disk ChannelSize)" -ge "$events" ]; then break; fi
+    kill -0 "$agent_pid" 2>/dev/null || {
+      cat "$dir/fill.err" >&2
+      return 1
+    }
+    [ "$SECONDS" -lt "$deadline" ] || {
+      echo "kafka_bench: the channel did not fill" >&2
+      return 1
+    }
+    sleep 0.2
+  done
+  kill -TERM "$agent_pid"
+  wait "$agent_pid" || true
+  agent_pid=""
+
+  # 2: drain it into the broker, timed from the agent's start to the last acknowledgement.
+  {
+    echo "$agent"
+    echo "$channel"
+    if [ "$drain_sink" = null ]; then
+      printf 'sinks:\n  k:\n    type: null\n    channel: disk\n    batch_size: 10000\n'
+    else
+      sinkYaml "$bootstrap" "$topic"
+    fi
+  } >"$dir/drain.yaml"
+  local t0 t1
+  t0=$(date +%s%N)
+  "$sluice" run -c "$dir/drain.yaml" >"$dir/drain.out" 2>"$dir/drain.err" &
+  agent_pid=$!
+  port=""
+  deadline=$((SECONDS + 600))
+  while :; do
+    [ -n "$port" ] || port="$(statusPort "$dir/drain.err")"
+    if [ -n "$port" ] && [ "$(metric "$port" SINK.k EventDrainSuccessCount)" -ge "$events" ]; then
+      break
+    fi
+    kill -0 "$agent_pid" 2>/dev/null || {
+      cat "$dir/drain.err" >&2
+      return 1
+    }
+    [ "$SECONDS" -lt "$deadline" ] || {
+      echo "kafka_bench: the channel did not drain" >&2
+      return 1
+    }
+    sleep 0.05
+  done
+  t1=$(date +%s%N)
+  kill -TERM "$agent_pid"
+  wait "$agent_pid" || true
+  agent_pid=""
+  rm -rf "$dir"
+  echo $((events * 1000000000 / (t1 - t0)))
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
+base_results=()
+sluice_results=()
+null_results=()
+for ((r = 1; r <= runs; r++)); do
+  b="$(baselineRun "bare-$r")"
+  s="$(sluiceRun "sluice-$r")"
+  z="$(sluiceRun "null-$r" null)"
+  echo "kafka_bench: run $r: $baseline_name $b events/s, sluice $s events/s," \
+    "file channel -> null $z events/s" >&2
+  base_results+=("$b")
+  sluice_results+=("$s")
+  null_results+=("$z")
+done
+base_median="$(printf '%s\n' "${base_results[@]}" | median)"
+sluice_median="$(printf '%s\n' "${sluice_results[@]}" | median)"
+null_median="$(printf '%s\n' "${null_results[@]}" | median)"
+
+echo
+echo "Kafka producer throughput: $events events of 200 bytes, acks=all, idempotent, median of $runs"
+echo "broker: Apache Kafka (scripts/kafka-broker.sh, KRaft, 1 node, loopback) at $bootstrap"
+printf '%-44s %14s %10s\n' "producer" "events/s" "vs bare"
+printf '%-44s %14s %10s\n' "$baseline_name (librdkafka $(dpkg-query -W -f='${Version}' librdkafka1 2>/dev/null || echo '?'))" \
+  "$base_median" "100%"
+printf '%-44s %14s %9s%%\n' "sluice file channel -> kafka sink" "$sluice_median" \
+  "$((sluice_median * 100 / (base_median > 0 ? base_median : 1)))"
+printf '%-44s %14s %9s%%\n' "sluice file channel -> null sink (ceiling)" "$null_median" \
+  "$((null_median * 100 / (base_median > 0 ? base_median : 1)))"
+echo "runs: $baseline_name ${base_results[*]}; sluice ${sluice_results[*]};" \
+  "null ${null_results[*]}"
