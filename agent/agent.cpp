@@ -444,10 +444,10 @@ void Agent::checkDrained() {
     spdlog::error("drain timeout: {} events were not delivered; those in memory channels are lost",
                   pending);
   }
-  finishShutdown();
+  finishShutdown(pending > 0);
 }
 
-void Agent::finishShutdown() {
+void Agent::finishShutdown(bool cancel) {
   finishing_ = true;
   uv_timer_stop(&tick_);
   uv_signal_stop(&sighup_);
@@ -491,7 +491,15 @@ void Agent::finishShutdown() {
       close_rest();
     }
   };
+  std::vector<SinkGroup*> stopping;
+  for (auto& g : all) stopping.push_back(g.get());
   for (auto& g : all) stopGroup(std::move(g), finish);
+  // Past the deadline, sinks that can abandon their deliveries do (rolled back, kept by a file
+  // channel) instead of running into the hard stop. The groups are stopping (they take nothing
+  // more) and are deleted from a later loop turn, so they are still here.
+  if (cancel) {
+    for (auto* g : stopping) g->cancel();
+  }
   finish();
 }
 

@@ -97,7 +97,8 @@ class Agent {
   void reload();
   void beginShutdown();
   void checkDrained();
-  void finishShutdown();
+  // `cancel`: the drain timed out; sinks are asked to answer their deliveries now.
+  void finishShutdown(bool cancel);
   void checkRetiring();
   void later(std::function<void()> fn);
   uint64_t pendingEvents() const;

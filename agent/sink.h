@@ -54,6 +54,12 @@ class Sink {
   virtual size_t maxInFlight() const { return 1; }
   // False while the sink's own queue is full; the group takes nothing more until wake().
   virtual bool ready() const { return true; }
+  // The agent is shutting down past its drain deadline and will not wait for outstanding
+  // deliveries. A sink that can abandon them (purge its queue) answers each one soon, Retry for
+  // whatever the destination has not confirmed, so the group rolls it back into the channel (a
+  // file channel delivers it after the restart). Default: nothing; the delivery answers when it
+  // does, bounded by the agent's hard stop.
+  virtual void cancel() {}
   // Called once no delivery is outstanding; releases resources, then calls done.
   virtual void stop(std::function<void()> done) { done(); }
 };

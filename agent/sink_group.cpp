@@ -214,6 +214,11 @@ void SinkGroup::stop(std::function<void()> done) {
   maybeFinishStop();
 }
 
+void SinkGroup::cancel() {
+  if (in_flight_.empty()) return;
+  for (auto& st : members_) st->m.sink->cancel();
+}
+
 void SinkGroup::maybeFinishStop() {
   if (!stopping_ || !in_flight_.empty() || !stop_done_) return;
   auto remaining = std::make_shared<size_t>(members_.size());

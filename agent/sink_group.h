@@ -47,6 +47,8 @@ class SinkGroup {
   void start();
   // Stops taking, waits for outstanding deliveries, stops the sinks, then calls done.
   void stop(std::function<void()> done);
+  // Asks every sink to answer its outstanding deliveries now (shutdown past the drain deadline).
+  void cancel();
 
   const std::string& name() const { return spec_.name; }
   const GroupSpec& spec() const { return spec_; }

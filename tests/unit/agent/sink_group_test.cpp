@@ -50,6 +50,8 @@ struct ScriptedSink : Sink {
   struct Shared {
     bool failing = false;
     bool async = false;
+    bool hold = false;  // deliveries answer only when cancelled
+    size_t cancels = 0;
     std::vector<std::string> delivered;
     size_t attempts = 0;
   };
@@ -64,6 +66,10 @@ struct ScriptedSink : Sink {
     ++shared->attempts;
     if (shared->failing) {
       done(DeliveryResult::retry("scripted failure"));
+      return;
+    }
+    if (shared->hold) {
+      pending = std::move(done);
       return;
     }
     take.forEach([&](const EventView& e) { shared->delivered.emplace_back(e.body()); });
@@ -85,6 +91,14 @@ struct ScriptedSink : Sink {
           d(DeliveryResult::ok());
         },
         1, 0);
+  }
+  void cancel() override {
+    ++shared->cancels;
+    if (shared->hold && pending) {
+      auto d = std::move(pending);
+      pending = nullptr;
+      d(DeliveryResult::retry("cancelled"));
+    }
   }
   void stop(std::function<void()> done) override {
     if (timer) {
@@ -247,6 +261,24 @@ TEST_CASE("stop waits for the delivery in flight, and a new group on the cursor 
   auto all = f.sinks[0]->delivered;
   all.insert(all.end(), shared->delivered.begin(), shared->delivered.end());
   CHECK(all == Fixture::seq(1, 40));
+}
+
+TEST_CASE("cancel: a stopping group's unanswered delivery is rolled back, nothing committed") {
+  Fixture f(1);
+  f.sinks[0]->hold = true;
+  f.group->start();
+  f.put(1, 25);
+  REQUIRE(f.tl.runUntil([&] { return f.group->inFlight() == 1; }));
+  bool stopped = false;
+  f.group->stop([&] { stopped = true; });
+  f.tl.runUntil([&] { return stopped; }, 50);  // a held delivery keeps stop waiting
+  CHECK_FALSE(stopped);
+  f.group->cancel();
+  CHECK(f.sinks[0]->cancels == 1);
+  REQUIRE(f.tl.runUntil([&] { return stopped; }));
+  CHECK(f.sinks[0]->attempts == 1);  // stopping: nothing more was taken
+  f.group.reset();
+  CHECK(f.channel->cursor("g").lag() == 25);  // all of it is still in the channel
 }
 
 TEST_CASE("load_balance random: every live sink gets some, a failing one none, nothing lost") {
