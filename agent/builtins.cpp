@@ -8,12 +8,14 @@
 #include "sinks/stdout/stdout_sink.h"
 #include "sources/exec/exec_source.h"
 #include "sources/seq/seq_source.h"
+#include "sources/spooldir/spooldir_source.h"
 
 namespace sluice {
 
 void registerBuiltins(Registry& registry) {
   registerExecSource(registry);
   registerSeqSource(registry);
+  registerSpooldirSource(registry);
   registerMemoryChannel(registry);
   registerFileChannel(registry);
   registerStdoutSink(registry);

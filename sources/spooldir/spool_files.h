@@ -1,0 +1,74 @@
+#pragma once
+// File helpers of the spooldir source: the position value that travels with each put, the
+// directory scan, renames that never overwrite, and the state file for channels that keep no
+// positions. Plain POSIX calls; all run on the loop thread except writeStateFile (thread pool).
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/options.h"
+
+namespace sluice::spool {
+
+// What identifies a spooled file: device + inode, plus size and mtime (a spooled file must not
+// change once placed, so a different size or mtime means it was modified).
+struct FileId {
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  bool sameInode(const FileId& o) const { return dev == o.dev && ino == o.ino; }
+  bool operator==(const FileId&) const = default;
+};
+
+FileId fileIdOf(const struct stat& st);
+
+// The position of the file being read: "v1 <dev> <ino> <size> <mtime_ns> <offset> <path>".
+// `offset` is the byte after the last line the put covers; offset == size means every line of
+// the file is in the channel and the file only has to be completed.
+struct Position {
+  std::string path;
+  FileId id;
+  uint64_t offset = 0;
+  bool operator==(const Position&) const = default;
+};
+std::string encodePosition(const Position& p);
+std::optional<Position> decodePosition(const std::string& text);
+
+struct ScanOptions {
+  std::string completed_suffix;
+  std::string failed_suffix;
+  Regex include_pattern;  // full match on the basename; empty: every name
+  Regex ignore_pattern;   // full match on the basename; empty: none
+  bool recursive = false;
+  std::string order;  // oldest | youngest | random
+};
+
+struct Candidate {
+  std::string path;
+  int64_t mtime_ns = 0;
+};
+
+// Regular files under `dir` that may be spooled, in consume order. Skips hidden names (a
+// leading '.'), names ending in either suffix, and names the patterns exclude. Errors on
+// subdirectories are logged and skipped; `error` is set when `dir` itself cannot be read.
+std::vector<Candidate> scanDirectory(const std::string& dir, const ScanOptions& options,
+                                     uint32_t random_seed, std::string& error);
+
+// Renames `from` to `base + suffix`, or when that name exists to `base.1 + suffix`,
+// `base.2 + suffix`... never replacing a file (renameat2 RENAME_NOREPLACE). Returns the name
+// used, or nullopt with errno-style `error` text.
+std::optional<std::string> renameUnique(const std::string& from, const std::string& base,
+                                        const std::string& suffix, std::string& error);
+
+// The state file (for channels that keep no positions): `content` is written to path + ".tmp",
+// fsynced, renamed over `path`, and the directory fsynced. Creates the directory. Blocking.
+bool writeStateFile(const std::string& path, const std::string& content, std::string& error);
+std::optional<std::string> readStateFile(const std::string& path);
+
+}  // namespace sluice::spool

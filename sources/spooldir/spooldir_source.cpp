@@ -1,0 +1,700 @@
+#include "sources/spooldir/spooldir_source.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+
+namespace sluice {
+
+namespace {
+
+constexpr uint64_t kMaxLineBytes = uint64_t{64} << 20;
+constexpr uint64_t kStateFlushMs = 1000;
+constexpr uint64_t kDurableCheckMs = 2;
+
+struct StateWrite {
+  uv_work_t req{};
+  std::string path;
+  std::string content;
+  std::string error;
+  bool ok = false;
+  std::function<void(StateWrite&)> after;
+};
+
+}  // namespace
+
+const OptionTable<SpooldirConfig>& spooldirOptionTable() {
+  static const OptionTable<SpooldirConfig> table = [] {
+    using C = SpooldirConfig;
+    OptionTable<C> t;
+    t.requiredString("path", &C::path, "directory to spool files from")
+        .string("completed_suffix", &C::completed_suffix, ".COMPLETED",
+                "appended to a file's name once every line is in the channels")
+        .choice("delete_policy", &C::delete_policy, {"never", "immediate"}, "never",
+                "never: rename with completed_suffix; immediate: delete the completed file")
+        .string("failed_suffix", &C::failed_suffix, ".FAILED",
+                "appended to the name of a file that cannot be spooled (changed, unreadable)")
+        .regex("include_pattern", &C::include_pattern, false,
+               "RE2 regex, full match on the file's basename; empty: every file")
+        .regex("ignore_pattern", &C::ignore_pattern, false,
+               "RE2 regex, full match on the basename; matching files are skipped")
+        .choice("consume_order", &C::consume_order, {"oldest", "youngest", "random"}, "oldest",
+                "which file next: oldest or youngest mtime first, or random")
+        .boolean("recursive", &C::recursive, false, "also spool files in subdirectories")
+        .boolean("file_header", &C::file_header, false,
+                 "add a header with the file's full path to each event")
+        .string("file_header_key", &C::file_header_key, "file", "name of the path header")
+        .boolean("basename_header", &C::basename_header, false,
+                 "add a header with the file's basename to each event")
+        .string("basename_header_key", &C::basename_header_key, "basename",
+                "name of the basename header")
+        .integer("batch_size", &C::batch_size, 1000, 1, 1000000,
+                 "lines per batch offered to the channels")
+        .size("max_line_bytes", &C::max_line_bytes, "1MiB", 1, kMaxLineBytes,
+              "longest line kept in one event; longer lines follow on_long_line")
+        .choice("on_long_line", &C::on_long_line, {"split", "truncate"}, "split",
+                "split: cut a long line into max_line_bytes events; truncate: keep its start")
+        .duration("poll_interval", &C::poll_interval, "500ms", Millis(10), Millis(3600000),
+                  "how often the directory is scanned for new files")
+        .boolean("watch", &C::watch, true,
+                 "also watch the directory (inotify via libuv) to pick up files at once")
+        .string("input_charset", &C::input_charset, "",
+                "iconv charset of the files, converted to UTF-8 (ASCII-compatible newline); "
+                "empty: bytes as they are")
+        .choice("on_decode_error", &C::on_decode_error, {"replace", "fail"}, "replace",
+                "with input_charset: replace bad bytes with U+FFFD, or fail the file")
+        .string("state_dir", &C::state_dir, "",
+                "where the position is kept when the channels keep none; empty: "
+                "<agent.data_dir>/spooldir/<source name>");
+    return t;
+  }();
+  return table;
+}
+
+SpooldirSource::SpooldirSource(SpooldirConfig config, std::string state_dir)
+    : config_(std::move(config)), state_path_(std::move(state_dir) + "/position") {
+  scan_.completed_suffix = config_.completed_suffix;
+  scan_.failed_suffix = config_.failed_suffix;
+  scan_.include_pattern = config_.include_pattern;
+  scan_.ignore_pattern = config_.ignore_pattern;
+  scan_.recursive = config_.recursive;
+  scan_.order = config_.consume_order;
+  seed_ = std::random_device{}();
+}
+
+SpooldirSource::~SpooldirSource() {
+  if (open_handles_ > 0 || state_inflight_) {
+    spdlog::critical("spooldir source destroyed with open handles: stop() did not finish");
+    std::abort();
+  }
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void SpooldirSource::start(SourceContext& ctx) {
+  ctx_ = &ctx;
+  loop_ = ctx.loop();
+  started_ = true;
+  key_ = "spooldir/" + ctx.name();
+  MetricSet& m = ctx.metrics();
+  counters_.lines = &m.counter("LineCount");
+  counters_.bytes = &m.counter("ByteCount");
+  counters_.files_completed = &m.counter("FilesCompletedCount");
+  counters_.files_failed = &m.counter("FilesFailedCount");
+  counters_.lines_truncated = &m.counter("LinesTruncatedCount");
+  counters_.lines_split = &m.counter("LinesSplitCount");
+  counters_.decode_replaced = &m.counter("DecodeReplacementCount");
+
+  if (config_.completed_suffix.empty() || config_.failed_suffix.empty()) {
+    // An empty suffix would make completed files look new again. The option table has no
+    // per-value check, so the source refuses to spool (loudly) instead of re-reading for ever.
+    spdlog::error(
+        "spooldir source '{}': completed_suffix and failed_suffix must not be empty; "
+        "not spooling {}",
+        ctx.name(), config_.path);
+    disabled_ = true;
+  }
+  if (!config_.input_charset.empty()) {
+    std::string error;
+    if (!converter_.open(config_.input_charset, error)) {
+      // The option table cannot know iconv's charsets; a bad one is loud, and files pass as is.
+      spdlog::error("spooldir source '{}': {}; lines are passed on unconverted", ctx.name(), error);
+    }
+  }
+
+  // Where to resume: the channels' durable position, else our own state file.
+  std::vector<spool::Position> found;
+  auto durable = ctx.durablePositions(key_);
+  positions_kept_ = !durable.empty();
+  if (durable.empty()) {
+    if (auto s = spool::readStateFile(state_path_)) durable.push_back(*s);
+  }
+  for (const auto& v : durable) {
+    if (auto p = spool::decodePosition(v)) found.push_back(*p);
+  }
+  // With several channels the oldest wins; a file that still sits at its path comes first.
+  auto present = [](const spool::Position& p) {
+    struct stat st {};
+    return ::stat(p.path.c_str(), &st) == 0 && spool::fileIdOf(st).sameInode(p.id);
+  };
+  for (const auto& p : found) {
+    bool better = !resume_ || (present(p) && !present(*resume_)) ||
+                  (present(p) == present(*resume_) && p.offset < resume_->offset);
+    if (better) resume_ = p;
+  }
+  if (resume_) {
+    spdlog::info("spooldir source '{}': resuming {} at byte {}", ctx.name(), resume_->path,
+                 resume_->offset);
+  }
+
+  for (uv_timer_t* t : {&poll_timer_, &durable_timer_, &state_timer_}) {
+    uv_timer_init(loop_, t);
+    t->data = this;
+    ++open_handles_;
+  }
+  uv_idle_init(loop_, &turn_);
+  turn_.data = this;
+  ++open_handles_;
+  if (config_.watch) {
+    uv_fs_event_init(loop_, &watch_);
+    watch_.data = this;
+    ++open_handles_;
+    int rc = uv_fs_event_start(
+        &watch_,
+        [](uv_fs_event_t* h, const char*, int, int) {
+          static_cast<SpooldirSource*>(h->data)->kick();
+        },
+        config_.path.c_str(), 0);
+    if (rc == 0) {
+      watching_ = true;
+    } else {
+      spdlog::warn("spooldir source '{}': cannot watch {}: {}; polling every {}", ctx.name(),
+                   config_.path, uv_strerror(rc), formatDuration(config_.poll_interval));
+    }
+  }
+  uint64_t poll = static_cast<uint64_t>(config_.poll_interval.count());
+  uv_timer_start(
+      &poll_timer_, [](uv_timer_t* t) { static_cast<SpooldirSource*>(t->data)->kick(); }, poll,
+      poll);
+  uv_timer_start(
+      &state_timer_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<SpooldirSource*>(t->data);
+        self->refreshPositionsKept();
+        if (self->state_dirty_ && self->nonDurable()) self->writeState();
+      },
+      kStateFlushMs, kStateFlushMs);
+  spdlog::info("spooldir source '{}': spooling {}", ctx.name(), config_.path);
+  kick();
+}
+
+void SpooldirSource::kick() {
+  if (stopping_ || disabled_ || paused_ || turning_) return;
+  if (phase_ == Phase::AwaitDurable) return;
+  turning_ = true;
+  uv_idle_start(&turn_, [](uv_idle_t* h) { static_cast<SpooldirSource*>(h->data)->turn(); });
+}
+
+void SpooldirSource::stopTurn() {
+  if (!turning_) return;
+  turning_ = false;
+  uv_idle_stop(&turn_);
+}
+
+void SpooldirSource::turn() {
+  if (stopping_ || paused_) {
+    stopTurn();
+    return;
+  }
+  switch (phase_) {
+    case Phase::Idle:
+      if (!openNext()) stopTurn();
+      return;
+    case Phase::AwaitDurable:
+      stopTurn();
+      return;
+    case Phase::Reading:
+      pump();
+      return;
+  }
+}
+
+bool SpooldirSource::openNext() {
+  if (queue_.empty()) {
+    std::string error;
+    auto found = spool::scanDirectory(config_.path, scan_, seed_++, error);
+    if (!error.empty() && error != last_scan_error_) {
+      spdlog::warn("spooldir source '{}': {}", ctx_->name(), error);
+    }
+    last_scan_error_ = error;
+    for (auto& c : found) {
+      if (ignored_.count(c.path)) continue;
+      // The file that was being read before a restart goes first.
+      if (resume_ && c.path == resume_->path) {
+        queue_.push_front(std::move(c.path));
+      } else {
+        queue_.push_back(std::move(c.path));
+      }
+    }
+  }
+  while (!queue_.empty()) {
+    std::string path = std::move(queue_.front());
+    queue_.pop_front();
+    if (startFile(path)) return true;
+  }
+  return false;
+}
+
+bool SpooldirSource::startFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    if (errno == ENOENT) return false;  // moved away since the scan
+    failPath(path, std::string("cannot open: ") + std::strerror(errno));
+    return false;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return false;
+  }
+  spool::FileId id = spool::fileIdOf(st);
+  uint64_t start_off = 0;
+  if (resume_ && resume_->path == path) {
+    spool::Position r = *resume_;
+    resume_.reset();
+    if (r.id.sameInode(id)) {
+      if (r.id.size != id.size || r.id.mtime_ns != id.mtime_ns) {
+        ::close(fd);
+        failPath(path,
+                 "changed after it was placed (size or mtime differ from the position "
+                 "saved before the restart)");
+        return false;
+      }
+      start_off = r.offset;
+    } else if (r.offset < r.id.size) {
+      ::close(fd);
+      failPath(path, "replaced by another file while it was being read");
+      return false;
+    }
+  }
+  fd_ = fd;
+  path_ = path;
+  basename_ = path.substr(path.rfind('/') + 1);
+  id_ = id;
+  read_off_ = start_off;
+  buf_len_ = 0;
+  buf_pos_ = 0;
+  buf_off_ = start_off;
+  held_.clear();
+  discarding_ = false;
+  offered_this_file_ = false;
+  batch_.clear();
+  batch_end_ = start_off;
+  offered_end_ = start_off;
+  phase_ = Phase::Reading;
+  if (start_off > 0) {
+    spdlog::info("spooldir source '{}': reading {} from byte {}", ctx_->name(), path, start_off);
+  } else {
+    spdlog::debug("spooldir source '{}': reading {}", ctx_->name(), path);
+  }
+  return true;
+}
+
+void SpooldirSource::pump() {
+  for (int i = 0; i < kReadsPerTurn; ++i) {
+    Step s = processBuffer();
+    if (s != Step::Ok) return;
+    if (read_off_ >= id_.size) {
+      finishReading();
+      return;
+    }
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) {
+      failFile(std::string("cannot stat: ") + std::strerror(errno));
+      return;
+    }
+    spool::FileId now = spool::fileIdOf(st);
+    if (now.size != id_.size || now.mtime_ns != id_.mtime_ns) {
+      failFile("changed after it was placed (size " + std::to_string(id_.size) + " -> " +
+               std::to_string(now.size) + ")");
+      return;
+    }
+    // Keep the unprocessed tail (a partial line), then read the next chunk after it.
+    size_t keep = buf_len_ - buf_pos_;
+    if (buf_pos_ > 0) {
+      std::memmove(buf_.get(), buf_.get() + buf_pos_, keep);
+      buf_off_ += buf_pos_;
+      buf_pos_ = 0;
+      buf_len_ = keep;
+    }
+    size_t want = static_cast<size_t>(std::min<uint64_t>(kReadChunkBytes, id_.size - read_off_));
+    if (buf_cap_ < keep + want) {
+      size_t cap = std::max(keep + want, kReadChunkBytes);
+      auto bigger = std::make_unique<char[]>(cap);
+      if (keep > 0) std::memcpy(bigger.get(), buf_.get(), keep);
+      buf_ = std::move(bigger);
+      buf_cap_ = cap;
+    }
+    ssize_t n;
+    do {
+      n = ::pread(fd_, buf_.get() + keep, want, static_cast<off_t>(read_off_));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      failFile(std::string("cannot read: ") + std::strerror(errno));
+      return;
+    }
+    if (n == 0) {
+      failFile("shrank while it was being read");
+      return;
+    }
+    buf_len_ = keep + static_cast<size_t>(n);
+    read_off_ += static_cast<uint64_t>(n);
+    counters_.bytes->inc(static_cast<uint64_t>(n));
+    chunk_ts_ = nowNs();
+  }
+}
+
+SpooldirSource::Step SpooldirSource::processBuffer() {
+  const size_t max = static_cast<size_t>(config_.max_line_bytes);
+  const bool split = config_.on_long_line == "split";
+  while (true) {
+    if (batch_.size() >= config_.batch_size && !offerBatch()) return Step::Paused;
+    if (buf_pos_ >= buf_len_) return Step::Ok;
+    const char* start = buf_.get() + buf_pos_;
+    size_t avail = buf_len_ - buf_pos_;
+    const auto* nl = static_cast<const char*>(std::memchr(start, '\n', avail));
+    if (discarding_) {
+      // Truncate: drop the rest of a long line; it is emitted (its start) at its newline.
+      if (nl == nullptr) {
+        buf_pos_ = buf_len_;
+        return Step::Ok;
+      }
+      buf_pos_ += static_cast<size_t>(nl - start) + 1;
+      discarding_ = false;
+      std::string line = std::move(held_);
+      held_.clear();
+      if (emitLine(line, buf_off_ + buf_pos_) == Step::Failed) return Step::Failed;
+      continue;
+    }
+    if (nl == nullptr) {
+      // An unfinished line: wait for more unless it is already too long. One byte of slack,
+      // so a line of exactly max bytes plus "\r\n" is not cut before its '\r'.
+      if (avail <= max + 1) return Step::Ok;
+      if (split) {
+        counters_.lines_split->inc();
+        buf_pos_ += max;
+        if (emitLine(std::string_view(start, max), buf_off_ + buf_pos_) == Step::Failed) {
+          return Step::Failed;
+        }
+        continue;
+      }
+      held_.assign(start, max);
+      counters_.lines_truncated->inc();
+      discarding_ = true;
+      buf_pos_ = buf_len_;
+      return Step::Ok;
+    }
+    size_t len = static_cast<size_t>(nl - start);
+    uint64_t line_off = buf_off_ + buf_pos_;
+    buf_pos_ += len + 1;
+    std::string_view line(start, len);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    Step s = line.size() > max ? emitLong(line, line_off, buf_off_ + buf_pos_)
+                               : emitLine(line, buf_off_ + buf_pos_);
+    if (s == Step::Failed) return s;
+  }
+}
+
+SpooldirSource::Step SpooldirSource::emitLong(std::string_view line, uint64_t start_off,
+                                              uint64_t end_off) {
+  const size_t max = static_cast<size_t>(config_.max_line_bytes);
+  if (config_.on_long_line != "split") {
+    counters_.lines_truncated->inc();
+    return emitLine(line.substr(0, max), end_off);
+  }
+  for (size_t off = 0; off < line.size(); off += max) {
+    bool last = off + max >= line.size();
+    if (off > 0) counters_.lines_split->inc();
+    if (emitLine(line.substr(off, max), last ? end_off : start_off + off + max) == Step::Failed) {
+      return Step::Failed;
+    }
+  }
+  return Step::Ok;
+}
+
+SpooldirSource::Step SpooldirSource::emitLine(std::string_view line, uint64_t end_off) {
+  if (converter_.isOpen()) {
+    uint64_t replaced = 0;
+    bool ok = converter_.convert(line, converted_, config_.on_decode_error == "replace", replaced);
+    if (replaced > 0) counters_.decode_replaced->inc(replaced);
+    if (!ok) {
+      failFile("a line ending at byte " + std::to_string(end_off) + " is not valid " +
+               config_.input_charset);
+      return Step::Failed;
+    }
+    line = converted_;
+  }
+  uint32_t i = batch_.add(line, chunk_ts_);
+  if (config_.file_header) batch_.setHeader(i, config_.file_header_key, path_);
+  if (config_.basename_header) batch_.setHeader(i, config_.basename_header_key, basename_);
+  batch_end_ = end_off;
+  counters_.lines->inc();
+  return Step::Ok;
+}
+
+bool SpooldirSource::offerBatch() {
+  spool::Position p{path_, id_, batch_end_};
+  std::string value = spool::encodePosition(p);
+  if (ctx_->offerWithPositions(batch_, {{key_, value}}) == OfferResult::Full) {
+    paused_ = true;
+    stopTurn();
+    return false;
+  }
+  batch_.clear();
+  offered_end_ = batch_end_;
+  offered_this_file_ = true;
+  state_content_ = std::move(value);
+  state_dirty_ = true;
+  if (!probe_started_) {
+    probe_started_ = true;
+    probe_deadline_ = uv_now(loop_) + static_cast<uint64_t>(probe_wait_.count());
+  }
+  return true;
+}
+
+void SpooldirSource::finishReading() {
+  // The last line may have no newline.
+  if (discarding_) {
+    discarding_ = false;
+    std::string line = std::move(held_);
+    held_.clear();
+    if (emitLine(line, id_.size) == Step::Failed) return;
+  } else if (buf_pos_ < buf_len_) {
+    std::string_view line(buf_.get() + buf_pos_, buf_len_ - buf_pos_);
+    uint64_t line_off = buf_off_ + buf_pos_;
+    buf_pos_ = buf_len_;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    Step s = line.size() > config_.max_line_bytes ? emitLong(line, line_off, id_.size)
+                                                  : emitLine(line, id_.size);
+    if (s == Step::Failed) return;
+  }
+  batch_end_ = id_.size;
+  if (!batch_.empty() || offered_end_ != id_.size || !offered_this_file_) {
+    if (!offerBatch()) return;  // resume() offers it again and comes back here
+  }
+  phase_ = Phase::AwaitDurable;
+  stopTurn();
+  uv_timer_start(
+      &durable_timer_, [](uv_timer_t* t) { static_cast<SpooldirSource*>(t->data)->checkDurable(); },
+      kDurableCheckMs, kDurableCheckMs);
+  checkDurable();
+}
+
+void SpooldirSource::refreshPositionsKept() {
+  if (!positions_kept_ && ctx_ && !ctx_->durablePositions(key_).empty()) positions_kept_ = true;
+}
+
+bool SpooldirSource::nonDurable() {
+  return !positions_kept_ && probe_started_ && uv_now(loop_) >= probe_deadline_;
+}
+
+void SpooldirSource::checkDurable() {
+  if (phase_ != Phase::AwaitDurable || stopping_) return;
+  std::string final_value = spool::encodePosition({path_, id_, id_.size});
+  auto durable = ctx_->durablePositions(key_);
+  if (!durable.empty()) positions_kept_ = true;
+  if (positions_kept_) {
+    for (const auto& v : durable) {
+      if (v != final_value) return;  // a channel has not made the end of the file durable yet
+    }
+    if (durable.empty()) return;
+  } else if (!nonDurable()) {
+    return;  // perhaps a file channel still writing its first put: wait for the probe window
+  }
+  uv_timer_stop(&durable_timer_);
+  completeFile();
+}
+
+void SpooldirSource::closeFile() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  batch_.clear();
+  held_.clear();
+  discarding_ = false;
+  buf_len_ = buf_pos_ = 0;
+  if (buf_cap_ > 4 * kReadChunkBytes) {
+    buf_.reset();
+    buf_cap_ = 0;
+  }
+  phase_ = Phase::Idle;
+}
+
+void SpooldirSource::completeFile() {
+  std::string path = path_;
+  closeFile();
+  if (config_.delete_policy == "immediate") {
+    if (::unlink(path.c_str()) != 0) {
+      spdlog::error("spooldir source '{}': cannot delete completed {}: {}; leaving it",
+                    ctx_->name(), path, std::strerror(errno));
+      ignored_.insert(path);
+    }
+  } else {
+    std::string error;
+    auto to = spool::renameUnique(path, path, config_.completed_suffix, error);
+    if (!to) {
+      spdlog::error(
+          "spooldir source '{}': cannot rename completed {}: {}; it is skipped until "
+          "restart",
+          ctx_->name(), path, error);
+      ignored_.insert(path);
+    } else if (*to != path + config_.completed_suffix) {
+      spdlog::warn("spooldir source '{}': the name {} was used before; completed as {}",
+                   ctx_->name(), path, *to);
+    }
+  }
+  counters_.files_completed->inc();
+  if (nonDurable()) writeState();
+  kick();
+}
+
+void SpooldirSource::failFile(const std::string& why) {
+  std::string path = path_;
+  spool::FileId id = id_;
+  closeFile();
+  if (failPath(path, why)) {
+    // The durable position still names this file mid-way; after a restart a new file dropped
+    // under the same name would look like this one replaced while being read. Mark it finished
+    // (best effort: a refused offer changes nothing, and no resume() is awaited for it).
+    Batch none;
+    std::string value = spool::encodePosition({path, id, id.size});
+    if (ctx_->offerWithPositions(none, {{key_, value}}) == OfferResult::Accepted) {
+      state_content_ = std::move(value);
+      state_dirty_ = true;
+    }
+  }
+  kick();
+}
+
+bool SpooldirSource::failPath(const std::string& path, const std::string& why) {
+  counters_.files_failed->inc();
+  std::string error;
+  auto to = spool::renameUnique(path, path, config_.failed_suffix, error);
+  if (to) {
+    spdlog::error("spooldir source '{}': {} {}; moved to {}", ctx_->name(), path, why, *to);
+    return true;
+  }
+  spdlog::error("spooldir source '{}': {} {}; cannot move it aside ({}): skipped until restart",
+                ctx_->name(), path, why, error);
+  ignored_.insert(path);
+  return false;
+}
+
+void SpooldirSource::resume() {
+  if (!started_ || stopping_ || !paused_) return;
+  paused_ = false;
+  if (!batch_.empty() || (phase_ == Phase::Reading && batch_end_ != offered_end_)) {
+    if (!offerBatch()) return;
+  }
+  kick();
+}
+
+void SpooldirSource::writeState() {
+  if (state_inflight_) return;  // the state timer or stop() writes what changed meanwhile
+  state_inflight_ = true;
+  state_dirty_ = false;
+  auto* w = new StateWrite;
+  w->req.data = w;
+  w->path = state_path_;
+  w->content = state_content_ + "\n";
+  w->after = [this](StateWrite& done) {
+    state_inflight_ = false;
+    if (!done.ok) {
+      spdlog::warn("spooldir source '{}': cannot write {}: {}", ctx_->name(), done.path,
+                   done.error);
+      state_dirty_ = true;
+    }
+    if (stopping_) {
+      if (state_dirty_ && done.ok) {
+        writeState();
+        return;
+      }
+      maybeDone();
+    }
+  };
+  uv_queue_work(
+      loop_, &w->req,
+      [](uv_work_t* req) {
+        auto* w = static_cast<StateWrite*>(req->data);
+        w->ok = spool::writeStateFile(w->path, w->content, w->error);
+      },
+      [](uv_work_t* req, int) {
+        std::unique_ptr<StateWrite> w(static_cast<StateWrite*>(req->data));
+        w->after(*w);
+      });
+}
+
+void SpooldirSource::stop(std::function<void()> done) {
+  if (stopping_) {
+    spdlog::error("spooldir source: stop() called twice; ignored");
+    return;
+  }
+  stopping_ = true;
+  if (!started_) {
+    done();
+    return;
+  }
+  done_ = std::move(done);
+  // What was read but not accepted is dropped: the position has not moved past it, so it is
+  // read again after the restart.
+  if (fd_ >= 0) closeFile();
+  turning_ = false;
+  closeHandle(reinterpret_cast<uv_handle_t*>(&turn_));
+  closeHandle(reinterpret_cast<uv_handle_t*>(&poll_timer_));
+  closeHandle(reinterpret_cast<uv_handle_t*>(&durable_timer_));
+  closeHandle(reinterpret_cast<uv_handle_t*>(&state_timer_));
+  if (config_.watch) closeHandle(reinterpret_cast<uv_handle_t*>(&watch_));
+  if (state_dirty_ && nonDurable()) writeState();
+}
+
+void SpooldirSource::closeHandle(uv_handle_t* handle) {
+  if (uv_is_closing(handle)) return;
+  uv_close(handle, [](uv_handle_t* h) {
+    auto* self = static_cast<SpooldirSource*>(h->data);
+    --self->open_handles_;
+    self->maybeDone();
+  });
+}
+
+void SpooldirSource::maybeDone() {
+  if (!stopping_ || open_handles_ > 0 || state_inflight_ || !done_) return;
+  auto done = std::move(done_);  // done may destroy this source
+  done_ = nullptr;
+  done();
+}
+
+bool SpooldirSource::idle() const {
+  return phase_ == Phase::Idle && queue_.empty() && !paused_ && fd_ < 0;
+}
+
+void registerSpooldirSource(Registry& registry) {
+  registry.addSource<SpooldirConfig>(
+      "spooldir",
+      "Reads files dropped into a directory line by line, then renames them with "
+      "completed_suffix; resumes mid-file after a crash from the channels' durable position.",
+      spooldirOptionTable(), [](const SpooldirConfig& cfg, const BuildContext& b) -> SourcePtr {
+        std::string state_dir = cfg.state_dir;
+        if (state_dir.empty()) {
+          std::string data_dir = b.agent ? b.agent->data_dir : std::string(".");
+          state_dir = data_dir + "/spooldir/" + b.name;
+        }
+        return std::make_unique<SpooldirSource>(cfg, state_dir);
+      });
+}
+
+}  // namespace sluice

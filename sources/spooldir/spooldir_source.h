@@ -1,0 +1,205 @@
+#pragma once
+// The `spooldir` source: files dropped into a directory are read line by line, then renamed with
+// completed_suffix (or deleted); Flume's Spooling Directory source.
+//
+// Contract with the spooler: a file is complete when it appears (write it elsewhere and rename
+// it in). One file is read at a time, in consume_order.
+//
+// Positions and crashes. Every offer carries one position key, "spooldir/<source name>", whose
+// value names the file (path, device, inode, size, mtime) and the byte offset after the last line
+// of the batch (spool_files.h). With a file channel that value is durable in the same write as
+// the lines, so after kill -9 the source resumes at exactly that offset: nothing lost, nothing
+// put twice. A file is completed (renamed or deleted) only once the channels' durable position
+// for it says end of file; a crash between that put and the rename leaves a file whose durable
+// position is its end, and the restarted source just completes it.
+//
+// Whether the channels keep positions is learnt, not configured: as soon as durablePositions()
+// shows the key, they do. Until it has been seen, completing a file waits up to
+// kDurableProbeWait after the first accepted put; if the key never shows up (memory channels),
+// the source keeps its own state file, <state_dir>/position (written aside, fsynced, renamed, in
+// the thread pool), and completes files once their last batch is accepted.
+//
+// Files that cannot be spooled (a file that changed after it was placed: size or mtime differ
+// while it is read or from its durable position; one replaced by another inode while being read;
+// an unreadable one; a line that cannot be converted under on_decode_error: fail) are logged,
+// counted in FilesFailedCount and renamed with failed_suffix; the source carries on. A name
+// reused after an earlier file of that name was completed is ingested normally and completed as
+// `<name>.<n><completed_suffix>` (rename never overwrites: renameat2 RENAME_NOREPLACE).
+//
+// Lines are bytes: cut on '\n', a trailing '\r' stripped, a last line without newline delivered,
+// no line rejected for its encoding. Lines longer than max_line_bytes are split into pieces (each
+// piece's end is an exact resume offset) or truncated (the line's position is its newline).
+//
+// The loop is never held long: one turn (a uv_idle callback) reads at most kReadsPerTurn chunks
+// of kReadChunkBytes with pread. Regular-file reads and the directory scan are synchronous on the
+// loop thread (page-cache speed; see docs/spooldir.md). A refused offer (Full) parks the batch
+// and stops reading until resume(). Memory: one batch plus one chunk plus one partial line.
+
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "agent/options.h"
+#include "agent/registry.h"
+#include "agent/source.h"
+#include "sources/spooldir/charset.h"
+#include "sources/spooldir/spool_files.h"
+
+namespace sluice {
+
+struct SpooldirConfig {
+  std::string path;
+  std::string completed_suffix = ".COMPLETED";
+  std::string failed_suffix = ".FAILED";
+  std::string delete_policy = "never";
+  Regex include_pattern;
+  Regex ignore_pattern;
+  std::string consume_order = "oldest";
+  bool recursive = false;
+  bool file_header = false;
+  std::string file_header_key = "file";
+  bool basename_header = false;
+  std::string basename_header_key = "basename";
+  uint64_t batch_size = 1000;
+  uint64_t max_line_bytes = uint64_t{1} << 20;
+  std::string on_long_line = "split";
+  Millis poll_interval{500};
+  bool watch = true;
+  std::string input_charset;
+  std::string on_decode_error = "replace";
+  std::string state_dir;
+  bool operator==(const SpooldirConfig&) const = default;
+};
+
+const OptionTable<SpooldirConfig>& spooldirOptionTable();
+
+class SpooldirSource final : public Source {
+ public:
+  static constexpr size_t kReadChunkBytes = 256 * 1024;
+  static constexpr int kReadsPerTurn = 4;
+  static constexpr Millis kDurableProbeWait{2000};
+
+  // `state_dir`: where the position is kept when the channels keep none.
+  SpooldirSource(SpooldirConfig config, std::string state_dir);
+  ~SpooldirSource() override;
+  SpooldirSource(const SpooldirSource&) = delete;
+  SpooldirSource& operator=(const SpooldirSource&) = delete;
+
+  void start(SourceContext& ctx) override;
+  void resume() override;
+  void stop(std::function<void()> done) override;
+
+  // For tests: no file open, nothing queued, not waiting for durability.
+  bool idle() const;
+  // For tests: how long to wait for the channels to show a position before deciding they keep
+  // none (default kDurableProbeWait).
+  void setDurableProbeWait(Millis wait) { probe_wait_ = wait; }
+  const std::string& positionKey() const { return key_; }
+
+ private:
+  enum class Phase { Idle, Reading, AwaitDurable };
+  enum class Step { Ok, Paused, Failed };
+  struct Counters {
+    Counter* lines = nullptr;
+    Counter* bytes = nullptr;
+    Counter* files_completed = nullptr;
+    Counter* files_failed = nullptr;
+    Counter* lines_truncated = nullptr;
+    Counter* lines_split = nullptr;
+    Counter* decode_replaced = nullptr;
+  };
+
+  void kick();
+  void stopTurn();
+  void turn();
+  bool openNext();
+  // Opens `path` and makes it current; false when it was skipped or failed.
+  bool startFile(const std::string& path);
+  void pump();
+  Step processBuffer();
+  Step emitLine(std::string_view line, uint64_t end_off);
+  Step emitLong(std::string_view line, uint64_t start_off, uint64_t end_off);
+  bool offerBatch();
+  void finishReading();
+  void checkDurable();
+  void completeFile();
+  void failFile(const std::string& why);
+  // Counts and renames a file aside; false when it could not be moved.
+  bool failPath(const std::string& path, const std::string& why);
+  void closeFile();
+  void refreshPositionsKept();
+  bool nonDurable();
+  void writeState();
+  void maybeDone();
+  void closeHandle(uv_handle_t* handle);
+
+  SpooldirConfig config_;
+  std::string state_path_;
+  spool::ScanOptions scan_;
+  SourceContext* ctx_ = nullptr;
+  uv_loop_t* loop_ = nullptr;
+  std::string key_;
+  Counters counters_;
+  spool::Utf8Converter converter_;
+  std::string converted_;
+  uint32_t seed_ = 0;
+  Millis probe_wait_ = kDurableProbeWait;
+
+  uv_idle_t turn_{};
+  uv_timer_t poll_timer_{};
+  uv_timer_t durable_timer_{};
+  uv_timer_t state_timer_{};
+  uv_fs_event_t watch_{};
+  bool watching_ = false;
+  bool turning_ = false;
+  int open_handles_ = 0;
+
+  Phase phase_ = Phase::Idle;
+  std::deque<std::string> queue_;
+  std::set<std::string> ignored_;  // could not be renamed aside: never read again in this run
+  std::optional<spool::Position> resume_;
+  std::string last_scan_error_;
+
+  // The current file.
+  std::string path_;
+  std::string basename_;
+  int fd_ = -1;
+  spool::FileId id_;
+  uint64_t read_off_ = 0;  // next byte to read
+  std::unique_ptr<char[]> buf_;
+  size_t buf_cap_ = 0;
+  size_t buf_len_ = 0;
+  size_t buf_pos_ = 0;    // first unprocessed byte of buf_
+  uint64_t buf_off_ = 0;  // file offset of buf_[0]
+  std::string held_;      // truncate: the kept start of a long line, until its newline
+  bool discarding_ = false;
+  bool offered_this_file_ = false;
+
+  Batch batch_;
+  uint64_t batch_end_ = 0;    // file offset after the last line in batch_
+  uint64_t offered_end_ = 0;  // file offset covered by the last accepted offer
+  int64_t chunk_ts_ = 0;
+  bool paused_ = false;  // an offer was refused; waiting for resume()
+
+  bool positions_kept_ = false;
+  bool probe_started_ = false;
+  uint64_t probe_deadline_ = 0;  // uv_now
+  std::string state_content_;
+  bool state_dirty_ = false;
+  bool state_inflight_ = false;
+
+  bool started_ = false;
+  bool disabled_ = false;  // bad suffix configuration: never spools
+  bool stopping_ = false;
+  std::function<void()> done_;
+};
+
+void registerSpooldirSource(Registry& registry);
+
+}  // namespace sluice

@@ -1,0 +1,732 @@
+#include "sources/spooldir/spooldir_source.h"
+
+#include <doctest/doctest.h>
+#include <rapidcheck.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace sluice {
+namespace {
+
+namespace fs = std::filesystem;
+using Lines = std::vector<std::string>;
+
+class SpoolTempDir {
+ public:
+  SpoolTempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "spooldir-test-XXXXXX").string();
+    char* p = mkdtemp(tmpl.data());
+    REQUIRE(p != nullptr);
+    path_ = p;
+  }
+  ~SpoolTempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+void writeFile(const std::string& path, const std::string& content) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << content;
+}
+
+std::string readAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Places a file atomically, as a spooler should: written beside the directory, renamed in.
+void drop(const SpoolTempDir& staging, const std::string& dir, const std::string& name,
+          const std::string& content) {
+  std::string tmp = staging.file(".staging-" + name);
+  writeFile(tmp, content);
+  fs::rename(tmp, dir + "/" + name);
+}
+
+class SpoolLoop {
+ public:
+  SpoolLoop() {
+    uv_loop_init(&loop_);
+    uv_prepare_init(&loop_, &check_);
+    uv_timer_init(&loop_, &deadline_);
+    check_.data = this;
+  }
+  ~SpoolLoop() {
+    uv_close(reinterpret_cast<uv_handle_t*>(&check_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&deadline_), nullptr);
+    uv_run(&loop_, UV_RUN_NOWAIT);
+    CHECK_MESSAGE(uv_loop_close(&loop_) == 0, "handles left open on the loop");
+  }
+  uv_loop_t* get() { return &loop_; }
+  bool runUntil(std::function<bool()> pred, uint64_t timeout_ms = 10000) {
+    if (pred()) return true;
+    pred_ = std::move(pred);
+    uv_prepare_start(&check_, [](uv_prepare_t* c) {
+      if (static_cast<SpoolLoop*>(c->data)->pred_()) uv_stop(c->loop);
+    });
+    uv_timer_start(
+        &deadline_, [](uv_timer_t* t) { uv_stop(t->loop); }, timeout_ms, 0);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_prepare_stop(&check_);
+    uv_timer_stop(&deadline_);
+    bool ok = pred_();
+    pred_ = nullptr;
+    return ok;
+  }
+  void runFor(uint64_t ms) {
+    runUntil([] { return false; }, ms);
+  }
+
+ private:
+  uv_loop_t loop_{};
+  uv_prepare_t check_{};
+  uv_timer_t deadline_{};
+  std::function<bool()> pred_;
+};
+
+// A context that behaves like a file channel for positions: each accepted batch is a record
+// holding its events and its positions; records become durable on makeDurable() (or at once
+// with auto_durable) and only durable positions are visible; crash() loses what is not durable.
+class SpoolContext final : public SourceContext {
+ public:
+  explicit SpoolContext(uv_loop_t* loop) : loop_(loop), metrics_("SOURCE", name_) {
+    uv_timer_init(loop_, &resume_timer_);
+    resume_timer_.data = this;
+  }
+  ~SpoolContext() override {
+    uv_close(reinterpret_cast<uv_handle_t*>(&resume_timer_), nullptr);
+    uv_run(loop_, UV_RUN_NOWAIT);
+  }
+  uv_loop_t* loop() override { return loop_; }
+  MetricSet& metrics() override { return metrics_; }
+  const std::string& name() const override { return name_; }
+  OfferResult offer(Batch& batch) override { return offerWithPositions(batch, {}); }
+  OfferResult offerWithPositions(Batch& batch,
+                                 std::vector<std::pair<std::string, std::string>> pos) override {
+    ++offers;
+    if (refuse || (refuse_every > 0 && offers % refuse_every == 0)) {
+      ++refused;
+      if (!refuse && source != nullptr) {
+        uv_timer_start(
+            &resume_timer_,
+            [](uv_timer_t* t) { static_cast<SpoolContext*>(t->data)->source->resume(); }, 1, 0);
+      }
+      return OfferResult::Full;
+    }
+    Record r;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      r.bodies.emplace_back(batch[i].body());
+      std::string h;
+      batch[i].forEachHeader([&](std::string_view k, std::string_view v) {
+        h += std::string(k) + "=" + std::string(v) + ";";
+      });
+      r.headers.push_back(h);
+    }
+    r.positions = std::move(pos);
+    pending_.push_back(std::move(r));
+    if (auto_durable) makeDurable();
+    batch.clear();
+    return OfferResult::Accepted;
+  }
+  std::vector<std::string> durablePositions(const std::string& key) override {
+    if (!keeps_positions) return {};
+    auto it = durable_positions_.find(key);
+    if (it == durable_positions_.end()) return {};
+    return {it->second};
+  }
+
+  void makeDurable() {
+    for (auto& r : pending_) {
+      for (auto& [k, v] : r.positions) durable_positions_[k] = v;
+      durable_.push_back(std::move(r));
+    }
+    pending_.clear();
+  }
+  void crash() { pending_.clear(); }
+  // Every event the channel holds: durable ones, then pending ones.
+  Lines bodies() const {
+    Lines out;
+    for (const auto* list : {&durable_, &pending_}) {
+      for (const auto& r : *list) out.insert(out.end(), r.bodies.begin(), r.bodies.end());
+    }
+    return out;
+  }
+  Lines headers() const {
+    Lines out;
+    for (const auto& r : durable_) out.insert(out.end(), r.headers.begin(), r.headers.end());
+    return out;
+  }
+  void setDurablePosition(const std::string& key, const std::string& value) {
+    durable_positions_[key] = value;
+  }
+  uint64_t count(const std::string& c) { return metrics_.counter(c).value(); }
+
+  bool auto_durable = true;
+  bool keeps_positions = true;
+  bool refuse = false;
+  uint64_t refuse_every = 0;
+  uint64_t offers = 0;
+  uint64_t refused = 0;
+  Source* source = nullptr;
+
+ private:
+  struct Record {
+    Lines bodies;
+    Lines headers;
+    std::vector<std::pair<std::string, std::string>> positions;
+  };
+  uv_loop_t* loop_;
+  std::string name_ = "spool_test";
+  MetricSet metrics_;
+  uv_timer_t resume_timer_{};
+  std::vector<Record> durable_, pending_;
+  std::map<std::string, std::string> durable_positions_;
+};
+
+SpooldirConfig spoolConfig(const std::string& dir) {
+  SpooldirConfig c;
+  c.path = dir;
+  c.poll_interval = Millis(20);
+  return c;
+}
+
+void stopAndWait(SpoolLoop& loop, Source& src) {
+  bool done = false;
+  src.stop([&] { done = true; });
+  CHECK(loop.runUntil([&] { return done; }));
+}
+
+bool exists(const std::string& p) { return fs::exists(fs::symlink_status(p)); }
+
+// A started source with its loop and context; stops it at the end of the scope.
+struct Rig {
+  explicit Rig(SpooldirConfig c, std::string state = "")
+      : ctx(loop.get()),
+        src(std::make_unique<SpooldirSource>(std::move(c),
+                                             state.empty() ? staging.file("state") : state)) {
+    ctx.source = src.get();
+  }
+  ~Rig() {
+    if (started) stopAndWait(loop, *src);
+  }
+  void start() {
+    src->start(ctx);
+    started = true;
+  }
+  bool waitCompleted(uint64_t n) {
+    return loop.runUntil([&] { return ctx.count("FilesCompletedCount") >= n && src->idle(); });
+  }
+  SpoolTempDir staging;
+  SpoolLoop loop;
+  SpoolContext ctx;
+  std::unique_ptr<SpooldirSource> src;
+  bool started = false;
+};
+
+TEST_CASE("spooldir: lines of files in mtime order; CRLF, last line, empty file; completed") {
+  SpoolTempDir dir;
+  writeFile(dir.file("a.log"), "a1\r\na2\n\na4");  // CRLF, an empty line, no final newline
+  writeFile(dir.file("b.log"), "");
+  writeFile(dir.file("c.log"), "c1\nc2\n");
+  // mtimes: c oldest, then a, then b.
+  auto now = fs::file_time_type::clock::now();
+  fs::last_write_time(dir.file("c.log"), now - std::chrono::seconds(30));
+  fs::last_write_time(dir.file("a.log"), now - std::chrono::seconds(20));
+  fs::last_write_time(dir.file("b.log"), now - std::chrono::seconds(10));
+  Rig rig(spoolConfig(dir.path()));
+  rig.start();
+  REQUIRE(rig.waitCompleted(3));
+  CHECK(rig.ctx.bodies() == Lines{"c1", "c2", "a1", "a2", "", "a4"});
+  for (const char* n : {"a.log", "b.log", "c.log"}) {
+    CHECK(!exists(dir.file(n)));
+    CHECK(exists(dir.file(std::string(n) + ".COMPLETED")));
+  }
+  CHECK(rig.ctx.count("LineCount") == 6);
+  CHECK(rig.ctx.count("ByteCount") == 10 + 0 + 6);
+  CHECK(rig.ctx.count("FilesFailedCount") == 0);
+}
+
+TEST_CASE("spooldir: a file dropped while running is picked up; youngest order; delete") {
+  SpoolTempDir dir;
+  auto c = spoolConfig(dir.path());
+  c.delete_policy = "immediate";
+  c.consume_order = "youngest";
+  writeFile(dir.file("old"), "old\n");
+  writeFile(dir.file("new"), "new\n");
+  fs::last_write_time(dir.file("old"), fs::file_time_type::clock::now() - std::chrono::hours(1));
+  Rig rig(c);
+  rig.start();
+  REQUIRE(rig.waitCompleted(2));
+  CHECK(rig.ctx.bodies() == Lines{"new", "old"});
+  drop(rig.staging, dir.path(), "later", "x\ny\n");
+  REQUIRE(rig.waitCompleted(3));
+  CHECK(rig.ctx.bodies() == Lines{"new", "old", "x", "y"});
+  CHECK(fs::is_empty(dir.path()));  // deleted, not renamed
+}
+
+TEST_CASE("spooldir: resumes mid-file from the durable position, nothing twice") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "l1\nl2\nl3\nl4\n");
+  struct stat st {};
+  REQUIRE(::stat(dir.file("f").c_str(), &st) == 0);
+  Rig rig(spoolConfig(dir.path()));
+  spool::Position p{dir.file("f"), spool::fileIdOf(st), 6};  // after "l2\n"
+  rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
+  rig.start();
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(rig.ctx.bodies() == Lines{"l3", "l4"});
+}
+
+TEST_CASE("spooldir: a crash between the last put and the rename only completes the file") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "l1\nl2\n");
+  struct stat st {};
+  REQUIRE(::stat(dir.file("f").c_str(), &st) == 0);
+  Rig rig(spoolConfig(dir.path()));
+  spool::Position p{dir.file("f"), spool::fileIdOf(st), 6};
+  rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
+  rig.start();
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(rig.ctx.bodies().empty());
+  CHECK(exists(dir.file("f.COMPLETED")));
+}
+
+TEST_CASE("spooldir: a file changed since its durable position fails; others go on") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "l1\nl2\n");
+  struct stat st {};
+  REQUIRE(::stat(dir.file("f").c_str(), &st) == 0);
+  spool::Position p{dir.file("f"), spool::fileIdOf(st), 3};
+  writeFile(dir.file("f"), "l1\nl2\nl3 appended later\n");  // same inode, new size
+  writeFile(dir.file("g"), "g1\n");
+  Rig rig(spoolConfig(dir.path()));
+  rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
+  rig.start();
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(rig.ctx.bodies() == Lines{"g1"});
+  CHECK(exists(dir.file("f.FAILED")));
+  CHECK(rig.ctx.count("FilesFailedCount") == 1);
+}
+
+TEST_CASE("spooldir: a file that grows while it is read fails, the lines read stay") {
+  SpoolTempDir dir;
+  std::string big;
+  for (int i = 0; i < 100000; ++i) big += "line " + std::to_string(i) + "\n";  // > one chunk
+  writeFile(dir.file("f"), big);
+  auto c = spoolConfig(dir.path());
+  c.batch_size = 10;
+  Rig rig(c);
+  rig.ctx.refuse_every = 0;
+  rig.start();
+  // Given the first batch is in, the source is refused (paused) ...
+  REQUIRE(rig.loop.runUntil([&] { return rig.ctx.offers >= 1; }));
+  rig.ctx.refuse = true;
+  rig.loop.runUntil([&] { return rig.ctx.refused > 0; });
+  // ... when the file grows and room comes back,
+  std::ofstream(dir.file("f"), std::ios::app) << "late\n";
+  rig.ctx.refuse = false;
+  rig.src->resume();
+  // then the file is failed, not completed.
+  REQUIRE(rig.loop.runUntil([&] { return rig.ctx.count("FilesFailedCount") == 1; }));
+  CHECK(exists(dir.file("f.FAILED")));
+  CHECK(rig.ctx.count("FilesCompletedCount") == 0);
+  Lines got = rig.ctx.bodies();
+  CHECK(got.size() < 100000);
+  for (size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == "line " + std::to_string(i));
+
+  // A corrected file dropped under the same name is read in full, also after a restart.
+  stopAndWait(rig.loop, *rig.src);
+  rig.started = false;
+  drop(rig.staging, dir.path(), "f", "fixed\n");
+  SpooldirSource again(c, rig.staging.file("state"));
+  again.start(rig.ctx);
+  REQUIRE(rig.loop.runUntil([&] { return rig.ctx.count("FilesCompletedCount") == 1; }));
+  CHECK(rig.ctx.bodies().back() == "fixed");
+  CHECK(rig.ctx.count("FilesFailedCount") == 1);
+  stopAndWait(rig.loop, again);
+}
+
+TEST_CASE("spooldir: a reused name is ingested and completed under a unique name") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f.COMPLETED"), "old\n");
+  writeFile(dir.file("f.1.COMPLETED"), "older\n");
+  writeFile(dir.file("f"), "new\n");
+  Rig rig(spoolConfig(dir.path()));
+  rig.start();
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(rig.ctx.bodies() == Lines{"new"});
+  CHECK(readAll(dir.file("f.COMPLETED")) == "old\n");
+  CHECK(readAll(dir.file("f.2.COMPLETED")) == "new\n");
+}
+
+TEST_CASE("spooldir: an unreadable file is moved aside") {
+  SpoolTempDir dir;
+  writeFile(dir.file("secret"), "x\n");
+  writeFile(dir.file("ok"), "y\n");
+  ::chmod(dir.file("secret").c_str(), 0);
+  Rig rig(spoolConfig(dir.path()));
+  rig.start();
+  REQUIRE(rig.waitCompleted(1));
+  if (geteuid() == 0) {
+    MESSAGE("running as root: every file is readable, only the happy path is checked");
+    REQUIRE(rig.waitCompleted(2));
+    return;
+  }
+  CHECK(rig.loop.runUntil([&] { return rig.ctx.count("FilesFailedCount") == 1; }));
+  CHECK(exists(dir.file("secret.FAILED")));
+  CHECK(rig.ctx.bodies() == Lines{"y"});
+}
+
+TEST_CASE("spooldir: long lines are split or truncated; counted") {
+  SpoolTempDir dir;
+  std::string longline(25, 'x');
+  writeFile(dir.file("f"), "short\n" + longline + "\r\n" + longline + "\nend\n" + longline);
+  SUBCASE("split") {
+    auto c = spoolConfig(dir.path());
+    c.max_line_bytes = 10;
+    Rig rig(c);
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    Lines want{"short"};
+    for (int k = 0; k < 2; ++k) {
+      for (const char* piece : {"xxxxxxxxxx", "xxxxxxxxxx", "xxxxx"}) want.push_back(piece);
+    }
+    want.push_back("end");
+    for (const char* piece : {"xxxxxxxxxx", "xxxxxxxxxx", "xxxxx"}) want.push_back(piece);
+    CHECK(rig.ctx.bodies() == want);
+    CHECK(rig.ctx.count("LinesSplitCount") == 6);
+  }
+  SUBCASE("truncate, resuming after a truncated line") {
+    auto c = spoolConfig(dir.path());
+    c.max_line_bytes = 10;
+    c.on_long_line = "truncate";
+    c.batch_size = 1;
+    Rig rig(c);
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    CHECK(rig.ctx.bodies() == Lines{"short", "xxxxxxxxxx", "xxxxxxxxxx", "end", "xxxxxxxxxx"});
+    CHECK(rig.ctx.count("LinesTruncatedCount") == 3);
+  }
+  SUBCASE("a line of exactly max bytes with CRLF is one line") {
+    writeFile(dir.file("f"), "0123456789\r\nab\n");
+    auto c = spoolConfig(dir.path());
+    c.max_line_bytes = 10;
+    Rig rig(c);
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    CHECK(rig.ctx.bodies() == Lines{"0123456789", "ab"});
+  }
+}
+
+TEST_CASE("spooldir: split pieces of a huge line across chunks resume exactly") {
+  SpoolTempDir dir;
+  std::string huge(SpooldirSource::kReadChunkBytes * 3 + 17, 'h');
+  writeFile(dir.file("f"), huge + "\nafter\n");
+  auto c = spoolConfig(dir.path());
+  c.max_line_bytes = 100000;
+  c.batch_size = 1;
+  Rig rig(c);
+  rig.start();
+  REQUIRE(rig.waitCompleted(1));
+  Lines got = rig.ctx.bodies();
+  REQUIRE(got.size() >= 2);
+  CHECK(got.back() == "after");
+  std::string joined;
+  for (size_t i = 0; i + 1 < got.size(); ++i) {
+    CHECK(got[i].size() <= 100000);
+    joined += got[i];
+  }
+  CHECK(joined == huge);
+}
+
+TEST_CASE("spooldir: input charset conversion with replacement or failure") {
+  SpoolTempDir dir;
+  SUBCASE("latin1 to UTF-8") {
+    writeFile(dir.file("f"), "caf\xe9\n");
+    auto c = spoolConfig(dir.path());
+    c.input_charset = "ISO-8859-1";
+    Rig rig(c);
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    CHECK(rig.ctx.bodies() == Lines{"caf\xc3\xa9"});
+  }
+  SUBCASE("invalid UTF-8 replaced with U+FFFD") {
+    writeFile(dir.file("f"),
+              "a\xff"
+              "b\n\xc3\n");
+    auto c = spoolConfig(dir.path());
+    c.input_charset = "UTF-8";
+    Rig rig(c);
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    CHECK(rig.ctx.bodies() == Lines{"a\xef\xbf\xbd"
+                                    "b",
+                                    "\xef\xbf\xbd"});
+    CHECK(rig.ctx.count("DecodeReplacementCount") == 2);
+  }
+  SUBCASE("invalid UTF-8 fails the file with on_decode_error: fail") {
+    writeFile(dir.file("f"), "good\nbad\xff\n");
+    auto c = spoolConfig(dir.path());
+    c.input_charset = "UTF-8";
+    c.on_decode_error = "fail";
+    Rig rig(c);
+    rig.start();
+    REQUIRE(rig.loop.runUntil([&] { return rig.ctx.count("FilesFailedCount") == 1; }));
+    CHECK(exists(dir.file("f.FAILED")));
+  }
+  SUBCASE("without input_charset bytes pass untouched") {
+    writeFile(dir.file("f"), std::string("\xff\xfe\x00z\n", 5));
+    Rig rig(spoolConfig(dir.path()));
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    CHECK(rig.ctx.bodies() == Lines{std::string("\xff\xfe\x00z", 4)});
+  }
+}
+
+TEST_CASE("spooldir: headers, include/ignore patterns, recursive, hidden files") {
+  SpoolTempDir dir;
+  fs::create_directories(dir.file("sub/deeper"));
+  writeFile(dir.file("a.log"), "a\n");
+  writeFile(dir.file("a.tmp"), "tmp\n");
+  writeFile(dir.file("skip.log"), "skip\n");
+  writeFile(dir.file(".hidden.log"), "hidden\n");
+  writeFile(dir.file("sub/deeper/b.log"), "b\n");
+  auto c = spoolConfig(dir.path());
+  std::string error;
+  c.include_pattern = Regex{".*\\.log", compileRegex(".*\\.log", error)};
+  c.ignore_pattern = Regex{"skip.*", compileRegex("skip.*", error)};
+  c.recursive = true;
+  c.file_header = true;
+  c.basename_header = true;
+  c.basename_header_key = "bn";
+  Rig rig(c);
+  rig.start();
+  REQUIRE(rig.waitCompleted(2));
+  rig.loop.runFor(50);
+  Lines got = rig.ctx.bodies();
+  std::sort(got.begin(), got.end());
+  CHECK(got == Lines{"a", "b"});
+  Lines h = rig.ctx.headers();
+  std::sort(h.begin(), h.end());
+  CHECK(h == Lines{"file=" + dir.file("a.log") + ";bn=a.log;",
+                   "file=" + dir.file("sub/deeper/b.log") + ";bn=b.log;"});
+  CHECK(exists(dir.file("a.tmp")));
+  CHECK(exists(dir.file("skip.log")));
+  CHECK(exists(dir.file(".hidden.log")));
+}
+
+TEST_CASE("spooldir: a refusing channel pauses reading; nothing lost or duplicated") {
+  SpoolTempDir dir;
+  Lines want;
+  for (int f = 0; f < 3; ++f) {
+    std::string content;
+    for (int i = 0; i < 20000; ++i) {
+      std::string l = std::to_string(f) + "-" + std::to_string(i);
+      content += l + "\n";
+      want.push_back(l);
+    }
+    writeFile(dir.file("f" + std::to_string(f)), content);
+    fs::last_write_time(dir.file("f" + std::to_string(f)),
+                        fs::file_time_type::clock::now() - std::chrono::seconds(10 - f));
+  }
+  auto c = spoolConfig(dir.path());
+  c.batch_size = 77;
+  Rig rig(c);
+  rig.ctx.refuse_every = 3;
+  rig.start();
+  REQUIRE(rig.waitCompleted(3));
+  CHECK(rig.ctx.refused > 0);
+  CHECK(rig.ctx.bodies() == want);
+}
+
+TEST_CASE("spooldir: without durable positions the state file carries the position") {
+  SpoolTempDir dir;
+  SpoolTempDir state;
+  writeFile(dir.file("f"), "1\n2\n3\n");
+  {
+    Rig rig(spoolConfig(dir.path()), state.path());
+    rig.ctx.keeps_positions = false;
+    rig.src->setDurableProbeWait(Millis(30));
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    CHECK(rig.ctx.bodies() == Lines{"1", "2", "3"});
+  }
+  // The state names the completed file at its end.
+  auto pos = spool::decodePosition(spool::readStateFile(state.path() + "/position").value_or(""));
+  REQUIRE(pos);
+  CHECK(pos->path == dir.file("f"));
+  CHECK(pos->offset == 6);
+
+  // A restart resumes mid-file from a state file.
+  writeFile(dir.file("g"), "a\nb\nc\n");
+  struct stat st {};
+  REQUIRE(::stat(dir.file("g").c_str(), &st) == 0);
+  std::string error;
+  REQUIRE(spool::writeStateFile(state.path() + "/position",
+                                spool::encodePosition({dir.file("g"), spool::fileIdOf(st), 2}),
+                                error));
+  Rig rig(spoolConfig(dir.path()), state.path());
+  rig.ctx.keeps_positions = false;
+  rig.src->setDurableProbeWait(Millis(30));
+  rig.start();
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(rig.ctx.bodies() == Lines{"b", "c"});
+}
+
+TEST_CASE("spooldir: a file is not completed before its last put is durable") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "1\n2\n");
+  Rig rig(spoolConfig(dir.path()));
+  rig.ctx.auto_durable = false;
+  rig.start();
+  REQUIRE(rig.loop.runUntil([&] { return rig.ctx.bodies().size() == 2; }));
+  rig.loop.runFor(50);
+  CHECK(exists(dir.file("f")));  // accepted, not durable: still there
+  rig.ctx.makeDurable();
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(exists(dir.file("f.COMPLETED")));
+}
+
+TEST_CASE("spooldir: an empty completed_suffix refuses to spool; stop still completes") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "1\n");
+  auto c = spoolConfig(dir.path());
+  c.completed_suffix = "";
+  Rig rig(c);
+  rig.start();
+  rig.loop.runFor(60);
+  CHECK(rig.ctx.bodies().empty());
+  CHECK(exists(dir.file("f")));
+}
+
+TEST_CASE("spooldir: position values round-trip; garbage is refused") {
+  spool::Position p{"/a b/c d", {1, 2, 30, -4}, 7};
+  auto d = spool::decodePosition(spool::encodePosition(p));
+  REQUIRE(d);
+  CHECK(*d == p);
+  CHECK(!spool::decodePosition(""));
+  CHECK(!spool::decodePosition("v1 1 2 3"));
+  CHECK(!spool::decodePosition("v1 1 2 3 4 5 "));
+  CHECK(!spool::decodePosition("v1 1 2 3 4 9 /x"));  // offset past size
+}
+
+// Model-based random test: files dropped (names reused), the agent crashing mid-file (what is
+// not durable is lost), files modified after they were placed. Every line of every unmodified
+// file must be in the channel exactly once, in order; no line of any file twice.
+TEST_CASE("spooldir: model-based random drops, crashes, modifications (rapidcheck)") {
+  spdlog::level::level_enum old_level = spdlog::get_level();
+  spdlog::set_level(spdlog::level::off);
+  bool ok = rc::check("spooldir model", [] {
+    SpoolTempDir dir;
+    SpoolTempDir staging;
+    SpoolLoop loop;
+    SpoolContext ctx(loop.get());
+    ctx.auto_durable = false;
+    auto c = spoolConfig(dir.path());
+    c.batch_size = *rc::gen::inRange<uint64_t>(1, 5);
+    c.consume_order = *rc::gen::element<std::string>("oldest", "youngest", "random");
+    c.watch = false;
+    auto make = [&] {
+      auto s = std::make_unique<SpooldirSource>(c, staging.file("state"));
+      s->setDurableProbeWait(Millis(3600000));
+      ctx.source = s.get();
+      s->start(ctx);
+      return s;
+    };
+    auto src = make();
+    std::map<std::string, Lines> lines_of;      // file id -> its lines
+    std::map<std::string, std::string> placed;  // name in dir -> file id (while not done)
+    std::set<std::string> modified;
+    int next_file = 0;
+    const char* names[] = {"a", "b", "c", "d"};
+    auto ops = *rc::gen::container<std::vector<std::pair<int, int>>>(
+        rc::gen::pair(rc::gen::inRange(0, 6), rc::gen::inRange(0, 30)));
+    for (auto [op, arg] : ops) {
+      // Forget names whose file was completed or failed.
+      for (auto it = placed.begin(); it != placed.end();) {
+        it = exists(dir.file(it->first)) ? std::next(it) : placed.erase(it);
+      }
+      if (op == 0) {  // drop a file under a maybe reused name
+        std::string name = names[arg % 4];
+        if (placed.count(name)) continue;
+        std::string id = "F" + std::to_string(next_file++);
+        std::string content;
+        for (int i = 0; i < arg; ++i) {
+          lines_of[id].push_back(id + ":" + std::to_string(i));
+          content += lines_of[id].back() + (i + 1 < arg || arg % 3 ? "\n" : "");
+        }
+        lines_of[id];  // empty files too
+        drop(staging, dir.path(), name, content);
+        placed[name] = id;
+      } else if (op == 1 || op == 2) {  // let the source work a little
+        for (int i = 0; i < arg; ++i) uv_run(loop.get(), UV_RUN_NOWAIT);
+      } else if (op == 3) {
+        ctx.makeDurable();
+        loop.runFor(3);      // the durability check is on a short timer
+      } else if (op == 4) {  // kill -9: what is not durable is lost
+        bool done = false;
+        src->stop([&] { done = true; });
+        RC_ASSERT(loop.runUntil([&] { return done; }));
+        ctx.crash();
+        src = make();
+      } else if (op == 5 && !placed.empty()) {  // modify a placed file
+        auto it = std::next(placed.begin(), arg % static_cast<int>(placed.size()));
+        std::ofstream(dir.file(it->first), std::ios::app) << "modified\n";
+        modified.insert(it->second);
+      }
+    }
+    // Drain: make everything durable until no file is left to spool.
+    auto remaining = [&] {
+      for (const auto& e : fs::directory_iterator(dir.path())) {
+        std::string n = e.path().filename().string();
+        if (n.find(".COMPLETED") == std::string::npos && n.find(".FAILED") == std::string::npos) {
+          return true;
+        }
+      }
+      return false;
+    };
+    bool drained = loop.runUntil(
+        [&] {
+          ctx.makeDurable();
+          return !remaining() && src->idle();
+        },
+        20000);
+    RC_ASSERT(drained);
+    ctx.makeDurable();
+    bool done = false;
+    src->stop([&] { done = true; });
+    RC_ASSERT(loop.runUntil([&] { return done; }));
+
+    std::map<std::string, Lines> got;
+    std::set<std::string> seen;
+    for (const auto& b : ctx.bodies()) {
+      if (b == "modified") continue;
+      RC_ASSERT(seen.insert(b).second);  // never twice
+      got[b.substr(0, b.find(':'))].push_back(b);
+    }
+    for (const auto& [id, want] : lines_of) {
+      if (modified.count(id)) continue;
+      RC_ASSERT(got[id] == want);
+    }
+  });
+  spdlog::set_level(old_level);
+  CHECK(ok);
+}
+
+}  // namespace
+}  // namespace sluice
