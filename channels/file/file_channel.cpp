@@ -22,7 +22,7 @@ constexpr uint32_t kCursorMagic = 0x55434c53;     // "SLCU"
 constexpr uint32_t kPositionsMagic = 0x4f504c53;  // "SLPO"
 constexpr uint64_t kEventOverhead = 24;           // per event in a record, roughly
 constexpr uint64_t kMaxBackoffMs = 5000;
-constexpr uint64_t kMaxQueuedBytes = 32ull << 20;  // puts waiting for the writer, in memory
+constexpr uint64_t kMaxQueuedBytes = 8ull << 20;  // puts waiting for the writer, in memory
 
 uint32_t eventBytes(const EventView& ev) {
   size_t n = ev.body().size();
@@ -1218,7 +1218,7 @@ void FileChannel::refreshFree() {
   if ((old < threshold + (1u << 20)) != (free_bytes < threshold + (1u << 20))) signalLoop();
 }
 
-bool FileChannel::writeAll(int fd, const std::string& data, uint64_t offset) {
+bool FileChannel::writeAll(int fd, std::string_view data, uint64_t offset) {
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n =
@@ -1297,26 +1297,33 @@ void FileChannel::writeGroup(std::vector<Job>& jobs, size_t& index) {
   size_t first = index;
   size_t end = first;
   while (end < jobs.size() && jobs[end].kind == Job::Kind::Append) ++end;
-  std::vector<std::string> recs(end - first);
+  // Every record of the group, encoded once into one buffer; writes take slices of it.
+  std::string all;
+  uint64_t expected = 0;
+  for (size_t j = first; j < end; ++j) expected += jobs[j].reserved;
+  all.reserve(expected + expected / 8);
+  std::vector<size_t> offs;
+  offs.reserve(end - first + 1);
   for (size_t j = first; j < end; ++j) {
-    filech::encodeRecord(recs[j - first], jobs[j].seq, *jobs[j].batch, jobs[j].positions);
+    offs.push_back(all.size());
+    filech::encodeRecord(all, jobs[j].seq, *jobs[j].batch, jobs[j].positions);
   }
+  offs.push_back(all.size());
+  const size_t count = end - first;
+  auto recSize = [&offs](size_t k) { return offs[k + 1] - offs[k]; };
   bool batch_policy = wcfg_.fsync != "interval";
   size_t k = 0;
-  while (k < recs.size()) {
+  while (k < count) {
     uint64_t delay = static_cast<uint64_t>(std::max<int64_t>(1, wcfg_.retry_backoff.count()));
     bool ok = false;
-    std::string buf;
+    std::string_view buf;
     size_t m = k;
     uint64_t start = 0;
     for (;;) {
-      if (ensureSegment(jobs[first + k].seq, recs[k].size())) {
-        buf = recs[k];
+      if (ensureSegment(jobs[first + k].seq, recSize(k))) {
         m = k + 1;
-        while (m < recs.size() &&
-               active_size_ + buf.size() + recs[m].size() <= wcfg_.segment_bytes) {
-          buf += recs[m++];
-        }
+        while (m < count && active_size_ + (offs[m + 1] - offs[k]) <= wcfg_.segment_bytes) ++m;
+        buf = std::string_view(all).substr(offs[k], offs[m] - offs[k]);
         start = active_size_;
         ok = writeAll(active_fd_, buf, start);
         if (ok && batch_policy) {
@@ -1338,7 +1345,7 @@ void FileChannel::writeGroup(std::vector<Job>& jobs, size_t& index) {
       signalLoop();
       if (!backoff(delay)) {
         spdlog::error("file channel '{}': stopping with {} puts not written (never acknowledged)",
-                      name_, recs.size() - k);
+                      name_, count - k);
         index = end;
         return;
       }
@@ -1354,7 +1361,7 @@ void FileChannel::writeGroup(std::vector<Job>& jobs, size_t& index) {
       d.events = job.batch->size();
       d.reserved = job.reserved;
       d.loc = {active_seg_, off, job.seq};
-      off += recs[j].size();
+      off += recSize(j);
       d.next_off = off;
       d.seg_path = segPath(active_seg_);
       for (const auto& [key, value] : job.positions) writer_positions_[key] = value;

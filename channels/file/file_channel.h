@@ -94,7 +94,7 @@
 //
 // Capacity: hasRoom() is false when the log on disk plus what is queued plus the put would pass
 // `max_bytes`, or when the volume's free space minus what is queued would drop under
-// `min_free_bytes` (free space is refreshed by the writer with statvfs), or when more than 32 MiB
+// `min_free_bytes` (free space is refreshed by the writer with statvfs), or when more than 8 MiB
 // of puts already wait for the writer (a slow or failing disk must not fill memory). An empty
 // channel accepts one batch of any size under max_bytes (as the memory channel does). Space
 // listeners fire when a segment is deleted or free space comes back.
@@ -325,7 +325,7 @@ class FileChannel final : public Channel {
   void writerMain();
   void writeGroup(std::vector<Job>& group, size_t& index);
   bool ensureSegment(uint64_t seq, uint64_t record_bytes);
-  bool writeAll(int fd, const std::string& data, uint64_t offset);
+  bool writeAll(int fd, std::string_view data, uint64_t offset);
   void writeMeta(const Job& job);
   bool writeMetaOnce(const Job& job);
   // Waits delay_ms (doubling it, up to 5 s); false when the channel is stopping.
