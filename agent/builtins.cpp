@@ -9,6 +9,7 @@
 #include "sources/exec/exec_source.h"
 #include "sources/seq/seq_source.h"
 #include "sources/spooldir/spooldir_source.h"
+#include "sources/tail/tail_source.h"
 
 namespace sluice {
 
@@ -16,6 +17,7 @@ void registerBuiltins(Registry& registry) {
   registerExecSource(registry);
   registerSeqSource(registry);
   registerSpooldirSource(registry);
+  registerTailSource(registry);
   registerMemoryChannel(registry);
   registerFileChannel(registry);
   registerStdoutSink(registry);
