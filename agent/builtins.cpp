@@ -9,6 +9,7 @@
 #include "sources/exec/exec_source.h"
 #include "sources/seq/seq_source.h"
 #include "sources/spooldir/spooldir_source.h"
+#include "sources/syslog/syslog_source.h"
 #include "sources/tail/tail_source.h"
 
 namespace sluice {
@@ -17,6 +18,7 @@ void registerBuiltins(Registry& registry) {
   registerExecSource(registry);
   registerSeqSource(registry);
   registerSpooldirSource(registry);
+  registerSyslogSource(registry);
   registerTailSource(registry);
   registerMemoryChannel(registry);
   registerFileChannel(registry);

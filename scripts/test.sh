@@ -25,6 +25,9 @@ clang-format --dry-run --Werror $files
 echo "== tests (default preset)"
 ctest --preset default
 
+echo "== fuzz: syslog parser and framing (libFuzzer + ASan + UBSan, bounded)"
+FUZZ_SECONDS=60 tests/fuzz/run.sh build/fuzz
+
 echo "== build and tests under ASan + UBSan"
 cmake --preset asan
 cmake --build --preset asan

@@ -1,0 +1,168 @@
+#pragma once
+// The `syslog` source: receives syslog over UDP, TCP, TLS (RFC 5425) and a Unix datagram
+// socket, parses RFC 5424 / RFC 3164 (syslog_parser.h) and offers batches of events.
+//
+// Everything runs on the loop thread. TCP and TLS connections are split into messages by a
+// SyslogFramer each (LF / CRLF / NUL terminated or RFC 6587 octet counting, per frame). TLS uses
+// OpenSSL with memory BIOs over the libuv TCP handle: bytes read go into the read BIO, SSL_read
+// gives the plaintext, and whatever OpenSSL wants to send (handshake, alerts, tickets) is taken
+// from the write BIO and written with uv_write. Certificates are read when the source is built,
+// so a reload that builds a new source re-reads them.
+//
+// Batching and backpressure: messages go into the current batch, offered when it holds
+// batch_size events or batch_timeout after its first event. When the context refuses a batch
+// (OfferResult::Full) it is kept as the one pending batch and every TCP/TLS connection stops
+// reading (uv_read_stop) so senders block on their full TCP windows; the remainder of chunks
+// already read still goes into the current batch. UDP and Unix datagrams keep being received:
+// they fill the current batch up to batch_size and are counted as dropped after that (a datagram
+// sender cannot be slowed). resume() offers the pending batch and, once accepted, reads again.
+//
+// Limits: max_connections (further connections are accepted and closed at once, counted as
+// refused), idle_timeout (a connection silent that long is closed; not while paused by
+// backpressure), max_message_size (longer messages are cut and marked incomplete), max_buffer
+// (bytes one connection may hold for an unfinished frame: frames are also cut at this size).
+//
+// stop() closes the listeners and connections (a partial last frame of each connection is
+// kept), offers what is held once more (counting what is refused as dropped), closes every
+// handle and then calls done.
+
+#include <openssl/ssl.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/event.h"
+#include "agent/options.h"
+#include "agent/registry.h"
+#include "agent/source.h"
+#include "sources/syslog/syslog_framing.h"
+#include "sources/syslog/syslog_parser.h"
+
+namespace sluice {
+
+struct SyslogConfig {
+  std::vector<std::string> listeners;
+  uint64_t batch_size = 1000;
+  Millis batch_timeout{100};
+  uint64_t max_message_size = 64 * 1024;
+  uint64_t max_connections = 1000;
+  Millis idle_timeout{0};
+  uint64_t max_buffer = 1024 * 1024;
+  uint64_t udp_receive_buffer = 0;
+  bool client_headers = false;
+  bool raw_header = false;
+  std::string cert_file;
+  std::string key_file;
+  std::string ca_file;
+  bool verify_client = false;
+  std::string min_tls_version = "1.2";
+  bool operator==(const SyslogConfig&) const = default;
+};
+
+const OptionTable<SyslogConfig>& syslogOptionTable();
+
+struct SyslogListenerAddress {
+  enum class Kind { Udp, Tcp, Tls, Unix };
+  Kind kind = Kind::Udp;
+  std::string host;  // udp/tcp/tls; IPv6 in brackets in the URL, without them here
+  int port = 0;
+  std::string path;  // unix
+};
+// Parses udp://host:port, tcp://host:port, tls://host:port, unix:///path.
+std::optional<SyslogListenerAddress> parseSyslogListener(const std::string& url,
+                                                         std::string& error);
+
+class SyslogSource final : public Source {
+ public:
+  // Validates the listeners and loads the TLS material; on failure returns null and sets
+  // `error` to every problem found.
+  static std::unique_ptr<SyslogSource> create(SyslogConfig config, std::string& error);
+  ~SyslogSource() override;
+  SyslogSource(const SyslogSource&) = delete;
+  SyslogSource& operator=(const SyslogSource&) = delete;
+
+  void start(SourceContext& ctx) override;
+  void resume() override;
+  void stop(std::function<void()> done) override;
+
+  // The bound port of listener i (after start; useful with port 0), or 0.
+  int boundPort(size_t i) const;
+  size_t openConnections() const { return connections_.size(); }
+  // Events held and not yet accepted (pending + current batch).
+  size_t heldEvents() const { return pending_.size() + current_.size(); }
+  bool paused() const { return blocked_; }
+
+ private:
+  struct Connection;
+  struct Listener;
+  struct Counters {
+    Counter* messages = nullptr;
+    Counter* bytes = nullptr;
+    Counter* incomplete = nullptr;
+    Counter* failures[kSyslogFailureKinds] = {};
+    Counter* accepted = nullptr;
+    Counter* refused = nullptr;
+    Counter* closed = nullptr;
+    Counter* idle_closed = nullptr;
+    Counter* tls_failures = nullptr;
+    Counter* udp_dropped = nullptr;
+    Counter* dropped = nullptr;
+    Counter* listener_errors = nullptr;
+  };
+
+  SyslogSource(SyslogConfig config, std::vector<SyslogListenerAddress> addresses, SSL_CTX* tls_ctx);
+
+  void openListener(Listener& l);
+  void onAccept(Listener& l);
+  // One UDP or Unix datagram; `truncated` when it did not fit the receive buffer.
+  void onDatagram(std::string_view data, const struct sockaddr* addr, bool truncated);
+  void onConnectionData(Connection& c, std::string_view data);
+  void onPlaintext(Connection& c, std::string_view data);
+  bool tlsFeed(Connection& c, std::string_view data);
+  void tlsFlush(Connection& c);
+  void closeConnection(Connection& c);
+  void startReading(Connection& c);
+  // Adds one message; `client` gives the client headers.
+  void addMessage(std::string_view frame, bool truncated, const std::string& ip,
+                  const std::string& port);
+  void afterAdd();
+  void offerCurrent();
+  void pauseAll();
+  void resumeAll();
+  void closeHandle(uv_handle_t* handle);
+  void onHandleClosed();
+
+  static void closeCallback(uv_handle_t* handle);
+
+  SyslogConfig config_;
+  std::vector<SyslogListenerAddress> addresses_;
+  SSL_CTX* tls_ctx_ = nullptr;
+  SourceContext* ctx_ = nullptr;
+  uv_loop_t* loop_ = nullptr;
+  Counters counters_;
+
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::list<std::unique_ptr<Connection>> connections_;
+  std::vector<std::unique_ptr<Connection>> closing_;  // waiting for their handles to close
+
+  Batch current_;
+  Batch pending_;  // refused by the context; offered again on resume()
+  bool blocked_ = false;
+  uv_timer_t batch_timer_{};
+  std::vector<char> datagram_buf_;
+
+  int open_handles_ = 0;
+  bool started_ = false;
+  bool stopping_ = false;
+  std::function<void()> done_;
+};
+
+void registerSyslogSource(Registry& registry);
+
+}  // namespace sluice

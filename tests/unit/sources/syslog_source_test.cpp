@@ -1,0 +1,506 @@
+// The syslog source on a real loop: UDP, TCP (LF and octet counting), TLS, Unix datagrams,
+// limits, backpressure and stop. Listeners bind port 0; clients are plain sockets.
+
+#include "sources/syslog/syslog_source.h"
+
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace sluice {
+namespace {
+
+class TestLoop {
+ public:
+  TestLoop() {
+    uv_loop_init(&loop_);
+    uv_prepare_init(&loop_, &check_);
+    uv_timer_init(&loop_, &deadline_);
+    check_.data = this;
+  }
+  ~TestLoop() {
+    uv_close(reinterpret_cast<uv_handle_t*>(&check_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&deadline_), nullptr);
+    uv_run(&loop_, UV_RUN_NOWAIT);
+    CHECK_MESSAGE(uv_loop_close(&loop_) == 0, "handles left open on the loop");
+  }
+  uv_loop_t* get() { return &loop_; }
+  bool runUntil(std::function<bool()> pred, uint64_t timeout_ms = 10000) {
+    if (pred()) return true;
+    pred_ = std::move(pred);
+    uv_prepare_start(&check_, [](uv_prepare_t* c) {
+      auto* self = static_cast<TestLoop*>(c->data);
+      if (self->pred_()) uv_stop(c->loop);
+    });
+    uv_timer_start(
+        &deadline_, [](uv_timer_t* t) { uv_stop(t->loop); }, timeout_ms, 0);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_prepare_stop(&check_);
+    uv_timer_stop(&deadline_);
+    bool ok = pred_();
+    pred_ = nullptr;
+    return ok;
+  }
+  void runFor(uint64_t ms) {
+    runUntil([] { return false; }, ms);
+  }
+
+ private:
+  uv_loop_t loop_{};
+  uv_prepare_t check_{};
+  uv_timer_t deadline_{};
+  std::function<bool()> pred_;
+};
+
+struct Received {
+  std::string body;
+  std::map<std::string, std::string> headers;
+};
+
+class TestContext final : public SourceContext {
+ public:
+  explicit TestContext(uv_loop_t* loop) : loop_(loop), metrics_("SOURCE", name_) {}
+  uv_loop_t* loop() override { return loop_; }
+  MetricSet& metrics() override { return metrics_; }
+  const std::string& name() const override { return name_; }
+  OfferResult offer(Batch& batch) override {
+    ++offers;
+    if (refuse) return OfferResult::Full;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Received r{std::string(batch[i].body()), {}};
+      batch[i].forEachHeader([&](std::string_view k, std::string_view v) {
+        r.headers[std::string(k)] = std::string(v);
+      });
+      events.push_back(std::move(r));
+    }
+    batch.clear();
+    return OfferResult::Accepted;
+  }
+  uint64_t count(const std::string& c) { return metrics_.counter(c).value(); }
+
+  bool refuse = false;
+  uint64_t offers = 0;
+  std::vector<Received> events;
+
+ private:
+  uv_loop_t* loop_;
+  std::string name_ = "syslog_test";
+  MetricSet metrics_;
+};
+
+SyslogConfig config(std::vector<std::string> listeners) {
+  SyslogConfig c;
+  c.listeners = std::move(listeners);
+  c.batch_timeout = Millis(5);
+  return c;
+}
+
+std::unique_ptr<SyslogSource> make(const SyslogConfig& c) {
+  std::string error;
+  auto s = SyslogSource::create(c, error);
+  INFO(error);
+  REQUIRE(s != nullptr);
+  return s;
+}
+
+int stopAndWait(TestLoop& loop, Source& source) {
+  int done_calls = 0;
+  source.stop([&] { ++done_calls; });
+  CHECK(loop.runUntil([&] { return done_calls > 0; }));
+  return done_calls;
+}
+
+int tcpConnect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  return fd;
+}
+
+void sendAll(int fd, const std::string& data) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    REQUIRE(n > 0);
+    off += static_cast<size_t>(n);
+  }
+}
+
+void udpSend(int port, const std::string& data) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(sendto(fd, data.data(), data.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof(a)) ==
+          static_cast<ssize_t>(data.size()));
+  close(fd);
+}
+
+// True when the peer closed: poll reports it and recv returns 0 (or an error).
+bool peerClosed(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  char c;
+  return recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+}
+
+std::string tempDir() {
+  char tmpl[] = "/tmp/sluice-syslog-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  return tmpl;
+}
+
+TEST_CASE("syslog source: listener URLs are validated") {
+  std::string e;
+  CHECK(parseSyslogListener("tcp://127.0.0.1:514", e)->port == 514);
+  CHECK(parseSyslogListener("udp://[::1]:0", e)->host == "::1");
+  CHECK(parseSyslogListener("unix:///run/x.sock", e)->path == "/run/x.sock");
+  CHECK_FALSE(parseSyslogListener("http://1.2.3.4:1", e));
+  CHECK(e.find("unknown scheme 'http'") != std::string::npos);
+  CHECK_FALSE(parseSyslogListener("tcp://1.2.3.4", e));
+  CHECK_FALSE(parseSyslogListener("tcp://1.2.3.4:70000", e));
+  CHECK_FALSE(parseSyslogListener("tcp://example.com:514", e));
+  CHECK_FALSE(parseSyslogListener("unix://relative", e));
+  SyslogConfig c = config({"tls://127.0.0.1:0", "bogus"});
+  CHECK(SyslogSource::create(c, e) == nullptr);
+  CHECK(e.find("no scheme") != std::string::npos);
+  CHECK(e.find("cert_file and key_file") != std::string::npos);
+  c = config({"tls://127.0.0.1:0"});
+  c.cert_file = "/nonexistent/cert.pem";
+  c.key_file = "/nonexistent/key.pem";
+  CHECK(SyslogSource::create(c, e) == nullptr);
+  CHECK(e.find("cannot load cert_file '/nonexistent/cert.pem'") != std::string::npos);
+}
+
+TEST_CASE("syslog source: UDP, TCP LF, TCP octet counting and a Unix socket, with headers") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  std::string dir = tempDir();
+  SyslogConfig c =
+      config({"udp://127.0.0.1:0", "tcp://127.0.0.1:0", "unix://" + dir + "/log.sock"});
+  c.client_headers = true;
+  c.raw_header = true;
+  auto src = make(c);
+  src->start(ctx);
+  int udp_port = src->boundPort(0);
+  int tcp_port = src->boundPort(1);
+  REQUIRE(udp_port > 0);
+  REQUIRE(tcp_port > 0);
+
+  udpSend(udp_port, "<13>1 2026-11-25T10:00:00Z h app 1 m - over udp\n");
+  REQUIRE(loop.runUntil([&] { return ctx.events.size() == 1; }));
+  int fd = tcpConnect(tcp_port);
+  sendAll(fd, "<14>Nov 25 10:00:00 host1 tag[5]: lf one\n23 <13>1 - - - - - - octet");
+  sendAll(fd, "\r\n<13>crlf\r\n");
+  REQUIRE(loop.runUntil([&] { return ctx.events.size() == 4; }));
+  close(fd);
+  REQUIRE(loop.runUntil([&] { return ctx.count("ConnectionClosedCount") == 1; }));
+
+  int ufd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  std::string path = dir + "/log.sock";
+  std::memcpy(un.sun_path, path.c_str(), path.size() + 1);
+  std::string local = "<11>Nov 25 10:00:01 myd[1]: local";
+  REQUIRE(sendto(ufd, local.data(), local.size(), 0, reinterpret_cast<sockaddr*>(&un),
+                 sizeof(un)) == static_cast<ssize_t>(local.size()));
+  close(ufd);
+  REQUIRE(loop.runUntil([&] { return ctx.events.size() == 5; }));
+
+  auto& e = ctx.events;
+  CHECK(e[0].body == "over udp");
+  CHECK(e[0].headers["client.ip"] == "127.0.0.1");
+  CHECK(std::stoi(e[0].headers["client.port"]) > 0);
+  CHECK(e[0].headers["syslog.raw"] == "<13>1 2026-11-25T10:00:00Z h app 1 m - over udp");
+  CHECK(e[1].body == "lf one");
+  CHECK(e[1].headers["host"] == "host1");
+  CHECK(e[1].headers["procid"] == "5");
+  CHECK(e[1].headers["client.ip"] == "127.0.0.1");
+  CHECK(e[2].body == "octet");
+  CHECK(e[2].headers["syslog.format"] == "rfc5424");
+  CHECK(e[3].body == "crlf");
+  CHECK(e[4].body == "local");
+  CHECK(e[4].headers["app"] == "myd");
+  CHECK(e[4].headers["syslog.severity_name"] == "err");
+  CHECK(e[4].headers.count("client.ip") == 0);
+  CHECK(ctx.count("MessageCount") == 5);
+  CHECK(ctx.count("ConnectionAcceptedCount") == 1);
+  CHECK(ctx.count("BytesReceivedCount") > 100);
+
+  CHECK(stopAndWait(loop, *src) == 1);
+  CHECK_FALSE(std::filesystem::exists(path));  // the socket file is removed at stop
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("syslog source: malformed and oversized messages are kept, marked and counted") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  SyslogConfig c = config({"tcp://127.0.0.1:0"});
+  c.max_message_size = 64;
+  auto src = make(c);
+  src->start(ctx);
+  int fd = tcpConnect(src->boundPort(0));
+  sendAll(fd,
+          "garbage without pri\n<13>1 - h a p m [bad x\n<13>" + std::string(100, 'x') + "\n<13>ok");
+  close(fd);  // the last frame has no terminator: it is still a message
+  REQUIRE(loop.runUntil([&] { return ctx.events.size() == 4; }));
+  CHECK(ctx.events[0].headers["syslog.invalid"] == "pri");
+  CHECK(ctx.events[0].body == "garbage without pri");
+  CHECK(ctx.events[1].headers["syslog.invalid"] == "structured_data");
+  CHECK(ctx.events[2].headers["syslog.incomplete"] == "true");
+  CHECK(ctx.events[2].body.size() == 60);  // 64 bytes minus "<13>"
+  CHECK(ctx.events[3].body == "ok");
+  CHECK(ctx.count("ParseFailurePriCount") == 1);
+  CHECK(ctx.count("ParseFailureStructuredDataCount") == 1);
+  CHECK(ctx.count("IncompleteMessageCount") == 1);
+  CHECK(stopAndWait(loop, *src) == 1);
+}
+
+TEST_CASE("syslog source: max_connections refuses, idle_timeout closes") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  SyslogConfig c = config({"tcp://127.0.0.1:0"});
+  c.max_connections = 1;
+  c.idle_timeout = Millis(50);
+  auto src = make(c);
+  src->start(ctx);
+  int a = tcpConnect(src->boundPort(0));
+  REQUIRE(loop.runUntil([&] { return src->openConnections() == 1; }));
+  int b = tcpConnect(src->boundPort(0));
+  REQUIRE(loop.runUntil([&] { return ctx.count("ConnectionRefusedCount") == 1; }));
+  CHECK(loop.runUntil([&] { return peerClosed(b); }));
+  CHECK(src->openConnections() == 1);
+  // a stays silent: closed after idle_timeout.
+  CHECK(loop.runUntil([&] { return ctx.count("ConnectionIdleTimeoutCount") == 1; }));
+  CHECK(loop.runUntil([&] { return peerClosed(a); }));
+  CHECK(src->openConnections() == 0);
+  close(a);
+  close(b);
+  CHECK(stopAndWait(loop, *src) == 1);
+}
+
+TEST_CASE("syslog source: a full channel blocks TCP senders; resume delivers everything") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  SyslogConfig c = config({"tcp://127.0.0.1:0", "udp://127.0.0.1:0"});
+  c.batch_size = 100;
+  c.udp_receive_buffer = 1 << 20;
+  auto src = make(c);
+  src->start(ctx);
+  ctx.refuse = true;
+  int fd = tcpConnect(src->boundPort(0));
+  fcntl(fd, F_SETFL, O_NONBLOCK);
+  // Given a channel that refuses, when a sender writes as much as it can,
+  // then it is stopped by TCP flow control: a write would block.
+  std::string all;
+  size_t sent = 0;
+  int next = 0;
+  bool blocked = false;
+  std::string rest;  // the unsent part of the message the sender was blocked in
+  // Up to ~80 MB: far more than the socket buffers of both ends hold.
+  for (int round = 0; round < 600 && !blocked; ++round) {
+    std::string chunk;
+    for (int i = 0; i < 10000; ++i) chunk += "<13>msg " + std::to_string(next++) + "\n";
+    size_t off = 0;
+    while (off < chunk.size()) {
+      ssize_t n = send(fd, chunk.data() + off, chunk.size() - off, MSG_NOSIGNAL);
+      if (n < 0) {
+        blocked = true;
+        break;
+      }
+      off += static_cast<size_t>(n);
+    }
+    all += chunk.substr(0, off);
+    if (blocked) rest = chunk.substr(off, chunk.find('\n', off) + 1 - off);
+    sent += off;
+    loop.runFor(1);
+  }
+  REQUIRE(blocked);
+  CHECK(src->paused());
+  // Datagrams beyond one batch are dropped and counted while blocked.
+  for (int i = 0; i < 150; ++i) udpSend(src->boundPort(1), "<13>udp " + std::to_string(i));
+  CHECK(loop.runUntil([&] { return ctx.count("UdpDroppedCount") > 0; }));
+  // The rest of what was written, then the end of the stream.
+  ctx.refuse = false;
+  src->resume();
+  // The last partial line was cut by the would-block: finish it.
+  if (!rest.empty()) {
+    // Complete the half-sent message; blocking writes are fine now that reading resumed.
+    fcntl(fd, F_SETFL, 0);
+    std::atomic<bool> written{false};
+    std::thread writer([&] {
+      sendAll(fd, rest);
+      written = true;
+    });
+    bool done = loop.runUntil([&] { return written.load(); }, 60000);
+    writer.join();
+    REQUIRE(done);
+    all += rest;
+  }
+  close(fd);
+  size_t expected_tcp = static_cast<size_t>(std::count(all.begin(), all.end(), '\n'));
+  // Each of the 150 datagrams (the 1MiB receive buffer holds them all) is either taken or counted
+  // as dropped.
+  size_t udp_kept = 0;
+  bool all_in = loop.runUntil(
+      [&] {
+        udp_kept = 150 - ctx.count("UdpDroppedCount");
+        return ctx.events.size() == expected_tcp + udp_kept && !src->paused();
+      },
+      60000);
+  INFO("events " << ctx.events.size() << " tcp " << expected_tcp << " udp kept " << udp_kept
+                 << " paused " << src->paused() << " held " << src->heldEvents());
+  CHECK(all_in);
+  // Every TCP message, in order, nothing lost.
+  size_t k = 0;
+  for (const auto& e : ctx.events) {
+    if (e.body.rfind("msg ", 0) == 0) {
+      if (e.body != "msg " + std::to_string(k)) FAIL("event " << k << " is " << e.body);
+      ++k;
+    }
+  }
+  CHECK(k == expected_tcp);
+  CHECK(stopAndWait(loop, *src) == 1);
+}
+
+// ---- TLS ----
+
+struct Certs {
+  std::string dir, ca, cert, key, client_cert, client_key;
+};
+
+Certs makeCerts() {
+  Certs c;
+  c.dir = tempDir();
+  c.ca = c.dir + "/ca.pem";
+  c.cert = c.dir + "/server.pem";
+  c.key = c.dir + "/server.key";
+  c.client_cert = c.dir + "/client.pem";
+  c.client_key = c.dir + "/client.key";
+  std::string d = c.dir;
+  std::string cmd =
+      "cd " + d +
+      " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
+      "-subj /CN=test-ca 2>/dev/null"
+      " && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr "
+      "-subj /CN=localhost 2>/dev/null"
+      " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+      "-out server.pem -days 2 2>/dev/null"
+      " && openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr "
+      "-subj /CN=client 2>/dev/null"
+      " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+      "-out client.pem -days 2 2>/dev/null";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  return c;
+}
+
+// A blocking TLS client on its own thread; returns whether the handshake succeeded.
+bool tlsSend(int port, const Certs& certs, bool with_client_cert, const std::string& data) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SSL_CTX_load_verify_locations(ctx, certs.ca.c_str(), nullptr);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  if (with_client_cert) {
+    SSL_CTX_use_certificate_file(ctx, certs.client_cert.c_str(), SSL_FILETYPE_PEM);
+    SSL_CTX_use_PrivateKey_file(ctx, certs.client_key.c_str(), SSL_FILETYPE_PEM);
+  }
+  int fd = tcpConnect(port);
+  SSL* ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, fd);
+  SSL_set_tlsext_host_name(ssl, "localhost");
+  bool ok = SSL_connect(ssl) == 1;
+  if (ok) {
+    ok =
+        SSL_write(ssl, data.data(), static_cast<int>(data.size())) == static_cast<int>(data.size());
+    // With TLS 1.3 a refused client certificate shows on the first read.
+    SSL_shutdown(ssl);
+    char buf[16];
+    if (SSL_read(ssl, buf, sizeof(buf)) < 0 && with_client_cert == false) ok = false;
+  }
+  SSL_free(ssl);
+  close(fd);
+  SSL_CTX_free(ctx);
+  return ok;
+}
+
+TEST_CASE("syslog source: TLS with client certificates; handshake failures are counted") {
+  Certs certs = makeCerts();
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  SyslogConfig c = config({"tls://127.0.0.1:0"});
+  c.cert_file = certs.cert;
+  c.key_file = certs.key;
+  c.ca_file = certs.ca;
+  c.verify_client = true;
+  auto src = make(c);
+  src->start(ctx);
+  int port = src->boundPort(0);
+
+  // The clients run on threads; the loop runs until they are done (joining earlier would stop
+  // the loop that serves them).
+  std::atomic<bool> ok{false}, client_done{false};
+  std::thread client([&] {
+    ok = tlsSend(port, certs, true, "<13>1 - h a - - - over tls\n");
+    client_done = true;
+  });
+  REQUIRE(loop.runUntil([&] { return ctx.events.size() == 1 && client_done.load(); }));
+  client.join();
+  CHECK(ok.load());
+  CHECK(ctx.events[0].body == "over tls");
+
+  // No client certificate: the handshake fails on the server side.
+  std::atomic<bool> bad_done{false};
+  std::thread bad([&] {
+    tlsSend(port, certs, false, "<13>nope\n");
+    bad_done = true;
+  });
+  CHECK(loop.runUntil([&] { return ctx.count("TlsHandshakeFailureCount") == 1; }));
+  CHECK(loop.runUntil([&] { return bad_done.load() && src->openConnections() == 0; }));
+  bad.join();
+  // Plain text on a TLS port is a handshake failure too.
+  int fd = tcpConnect(port);
+  sendAll(fd, "<13>plain text\n");
+  CHECK(loop.runUntil([&] { return ctx.count("TlsHandshakeFailureCount") == 2; }));
+  close(fd);
+  CHECK(ctx.events.size() == 1);
+  CHECK(stopAndWait(loop, *src) == 1);
+  std::filesystem::remove_all(certs.dir);
+}
+
+TEST_CASE("syslog source: stop keeps the partial last frame of open connections") {
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  auto src = make(config({"tcp://127.0.0.1:0"}));
+  src->start(ctx);
+  int fd = tcpConnect(src->boundPort(0));
+  sendAll(fd, "<13>complete\n<13>partial");
+  REQUIRE(loop.runUntil([&] { return ctx.events.size() == 1; }));
+  loop.runFor(20);  // the partial frame has been read too
+  CHECK(stopAndWait(loop, *src) == 1);
+  REQUIRE(ctx.events.size() == 2);
+  CHECK(ctx.events[1].body == "partial");
+  close(fd);
+}
+
+}  // namespace
+}  // namespace sluice
