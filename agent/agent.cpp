@@ -327,6 +327,8 @@ bool Agent::apply(const Config& cfg) {
     if (!entry.running) continue;
     entry.running->setChannels(channelsFor(entry.running->spec()));
     entry.running->poke();
+    // Unchanged and kept running: it re-reads its files (certificates).
+    if (!fresh_sources.count(name)) entry.running->reloadSource();
   }
 
   std::vector<std::pair<std::string, std::string>> keep;

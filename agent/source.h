@@ -61,6 +61,9 @@ class Source {
   // Room is available again after an offer returned Full.
   virtual void resume() = 0;
   virtual void stop(std::function<void()> done) = 0;
+  // SIGHUP reloaded the configuration and this source's part is unchanged, so it keeps running:
+  // re-read whatever it reads from files outside the configuration (certificates, say).
+  virtual void reload() {}
 };
 
 using SourcePtr = std::unique_ptr<Source>;

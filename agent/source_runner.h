@@ -71,6 +71,7 @@ class SourceRunner : public SourceContext {
   }
 
   void start() { source_->start(*this); }
+  void reloadSource() { source_->reload(); }
   void stop(std::function<void()> done) {
     stopped_ = true;
     source_->stop([this, done = std::move(done)] {

@@ -209,6 +209,47 @@ std::optional<SyslogListenerAddress> parseSyslogListener(const std::string& url,
   return a;
 }
 
+// The server TLS context for `config` (certificate chain, key, optional CA for client
+// certificates, minimum version); null with the reason in `error`.
+static SSL_CTX* buildTlsContext(const SyslogConfig& config, std::string& error) {
+  if (config.cert_file.empty() || config.key_file.empty()) {
+    error = "tls:// listeners need cert_file and key_file";
+    return nullptr;
+  }
+  if (config.verify_client && config.ca_file.empty()) {
+    error = "verify_client needs ca_file";
+    return nullptr;
+  }
+  ERR_clear_error();
+  SSL_CTX* tls = SSL_CTX_new(TLS_server_method());
+  std::string what;
+  if (tls == nullptr) {
+    what = "cannot create a TLS context";
+  } else if (SSL_CTX_set_min_proto_version(
+                 tls, config.min_tls_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION) != 1) {
+    what = "cannot set min_tls_version";
+  } else if (SSL_CTX_use_certificate_chain_file(tls, config.cert_file.c_str()) != 1) {
+    what = "cannot load cert_file '" + config.cert_file + "'";
+  } else if (SSL_CTX_use_PrivateKey_file(tls, config.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    what = "cannot load key_file '" + config.key_file + "'";
+  } else if (SSL_CTX_check_private_key(tls) != 1) {
+    what = "key_file '" + config.key_file + "' does not match cert_file";
+  } else if (!config.ca_file.empty() &&
+             SSL_CTX_load_verify_locations(tls, config.ca_file.c_str(), nullptr) != 1) {
+    what = "cannot load ca_file '" + config.ca_file + "'";
+  }
+  if (!what.empty()) {
+    error = what + ": " + opensslError();
+    if (tls != nullptr) SSL_CTX_free(tls);
+    return nullptr;
+  }
+  if (config.verify_client) {
+    SSL_CTX_set_verify(tls, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  SSL_CTX_set_mode(tls, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  return tls;
+}
+
 std::unique_ptr<SyslogSource> SyslogSource::create(SyslogConfig config, std::string& error) {
   std::vector<SyslogListenerAddress> addresses;
   std::vector<std::string> errors;
@@ -226,40 +267,9 @@ std::unique_ptr<SyslogSource> SyslogSource::create(SyslogConfig config, std::str
   if (config.listeners.empty()) errors.push_back("listeners: at least one is needed");
   SSL_CTX* tls = nullptr;
   if (need_tls) {
-    if (config.cert_file.empty() || config.key_file.empty()) {
-      errors.push_back("tls:// listeners need cert_file and key_file");
-    } else if (config.verify_client && config.ca_file.empty()) {
-      errors.push_back("verify_client needs ca_file");
-    } else {
-      ERR_clear_error();
-      tls = SSL_CTX_new(TLS_server_method());
-      std::string what;
-      if (tls == nullptr) {
-        what = "cannot create a TLS context";
-      } else if (SSL_CTX_set_min_proto_version(
-                     tls, config.min_tls_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION) != 1) {
-        what = "cannot set min_tls_version";
-      } else if (SSL_CTX_use_certificate_chain_file(tls, config.cert_file.c_str()) != 1) {
-        what = "cannot load cert_file '" + config.cert_file + "'";
-      } else if (SSL_CTX_use_PrivateKey_file(tls, config.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
-        what = "cannot load key_file '" + config.key_file + "'";
-      } else if (SSL_CTX_check_private_key(tls) != 1) {
-        what = "key_file '" + config.key_file + "' does not match cert_file";
-      } else if (!config.ca_file.empty() &&
-                 SSL_CTX_load_verify_locations(tls, config.ca_file.c_str(), nullptr) != 1) {
-        what = "cannot load ca_file '" + config.ca_file + "'";
-      }
-      if (!what.empty()) {
-        errors.push_back(what + ": " + opensslError());
-        if (tls != nullptr) SSL_CTX_free(tls);
-        tls = nullptr;
-      } else {
-        if (config.verify_client) {
-          SSL_CTX_set_verify(tls, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
-        }
-        SSL_CTX_set_mode(tls, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-      }
-    }
+    std::string what;
+    tls = buildTlsContext(config, what);
+    if (tls == nullptr) errors.push_back(what);
   }
   if (!errors.empty()) {
     error.clear();
@@ -318,6 +328,7 @@ void SyslogSource::start(SourceContext& ctx) {
   counters_.udp_dropped = &m.counter("UdpDroppedCount");
   counters_.dropped = &m.counter("DroppedEventCount");
   counters_.listener_errors = &m.counter("ListenerErrorCount");
+  counters_.tls_reload_errors = &m.counter("TlsReloadErrorCount");
   m.gauge(
       "ConnectionOpenCount", [this] { return static_cast<double>(connections_.size()); }, this);
 
@@ -470,6 +481,23 @@ void SyslogSource::openListener(Listener& l) {
     l.bound_port = std::atoi(port.c_str());
   }
   spdlog::info("syslog source '{}': listening on {} (port {})", name, url, l.bound_port);
+}
+
+void SyslogSource::reload() {
+  if (tls_ctx_ == nullptr) return;
+  std::string error;
+  SSL_CTX* fresh = buildTlsContext(config_, error);
+  if (fresh == nullptr) {
+    counters_.tls_reload_errors->inc();
+    spdlog::error("syslog source '{}': reload: keeping the current certificates: {}",
+                  ctx_ ? ctx_->name() : std::string(), error);
+    return;
+  }
+  // Open connections keep the context they were made with (OpenSSL counts the references).
+  SSL_CTX_free(tls_ctx_);
+  tls_ctx_ = fresh;
+  spdlog::info("syslog source '{}': reload: certificates read again from {}",
+               ctx_ ? ctx_->name() : std::string(), config_.cert_file);
 }
 
 int SyslogSource::boundPort(size_t i) const {

@@ -90,6 +90,10 @@ class SyslogSource final : public Source {
   void start(SourceContext& ctx) override;
   void resume() override;
   void stop(std::function<void()> done) override;
+  // SIGHUP with this source unchanged: reads the certificate, key and CA files again; new TLS
+  // connections use them, open ones keep theirs. On an error the current ones stay (logged,
+  // TlsReloadErrorCount).
+  void reload() override;
 
   // The bound port of listener i (after start; useful with port 0), or 0.
   int boundPort(size_t i) const;
@@ -114,6 +118,7 @@ class SyslogSource final : public Source {
     Counter* udp_dropped = nullptr;
     Counter* dropped = nullptr;
     Counter* listener_errors = nullptr;
+    Counter* tls_reload_errors = nullptr;
   };
 
   SyslogSource(SyslogConfig config, std::vector<SyslogListenerAddress> addresses, SSL_CTX* tls_ctx);

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <string>
@@ -485,6 +486,56 @@ TEST_CASE("syslog source: TLS with client certificates; handshake failures are c
   CHECK(ctx.events.size() == 1);
   CHECK(stopAndWait(loop, *src) == 1);
   std::filesystem::remove_all(certs.dir);
+}
+
+TEST_CASE("syslog source: reload reads the certificates again; a broken one is refused") {
+  Certs first = makeCerts(), second = makeCerts();
+  std::string dir = tempDir();
+  auto copy = [&](const Certs& from) {
+    std::filesystem::copy_file(from.cert, dir + "/server.pem",
+                               std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(from.key, dir + "/server.key",
+                               std::filesystem::copy_options::overwrite_existing);
+  };
+  copy(first);
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  SyslogConfig c = config({"tls://127.0.0.1:0"});
+  c.cert_file = dir + "/server.pem";
+  c.key_file = dir + "/server.key";
+  auto src = make(c);
+  src->start(ctx);
+  int port = src->boundPort(0);
+  // Each client trusts one CA only: the handshake says which certificate the server presents.
+  auto trySend = [&](const Certs& trust, const std::string& body) {
+    std::atomic<bool> ok{false}, done{false};
+    std::thread client([&] {
+      ok = tlsSend(port, trust, false, "<13>1 - h a - - - " + body + "\n");
+      done = true;
+    });
+    loop.runUntil([&] { return done.load(); });
+    client.join();
+    return ok.load();
+  };
+  CHECK(trySend(first, "one"));
+  CHECK_FALSE(trySend(second, "refused"));
+
+  copy(second);  // the certificate was renewed on disk, the configuration is the same
+  src->reload();
+  CHECK(trySend(second, "two"));
+  CHECK_FALSE(trySend(first, "refused"));
+
+  // A broken file on disk: the source keeps serving the certificate it has.
+  std::ofstream(dir + "/server.pem", std::ios::trunc) << "not a certificate";
+  src->reload();
+  CHECK(ctx.count("TlsReloadErrorCount") == 1);
+  CHECK(trySend(second, "three"));
+  REQUIRE(loop.runUntil([&] { return ctx.events.size() == 3; }));
+  CHECK(ctx.events[0].body == "one");
+  CHECK(ctx.events[1].body == "two");
+  CHECK(ctx.events[2].body == "three");
+  CHECK(stopAndWait(loop, *src) == 1);
+  for (const auto& d : {first.dir, second.dir, dir}) std::filesystem::remove_all(d);
 }
 
 TEST_CASE("syslog source: stop keeps the partial last frame of open connections") {
