@@ -184,6 +184,20 @@ bool validName(const std::string& name) {
   return true;
 }
 
+// Where a validator's key ("option" or "option.entry", see ConfigErrors) is in the component's
+// mapping; the component itself when the key is not written there. (Read-only: assigning a
+// YAML::Node that is defined rebinds the document's node.)
+Location locationOfKey(const YAML::Node& body, const std::string& key) {
+  std::string first = key.substr(0, key.find('.'));
+  if (!body.IsMap() || !body[first].IsDefined()) return locationOf(body);
+  const YAML::Node at = body[first];
+  if (key.size() > first.size() && at.IsMap()) {
+    const YAML::Node entry = at[key.substr(first.size() + 1)];
+    if (entry.IsDefined()) return locationOf(entry);
+  }
+  return locationOf(at);
+}
+
 // Parses one component: its shared keys through `common`, its own through its type's table.
 template <class Spec, class Common>
 std::optional<Spec> parseComponent(Kind kind, const std::string& section, const YAML::Node& key,
@@ -226,6 +240,11 @@ std::optional<Spec> parseComponent(Kind kind, const std::string& section, const 
   for (const auto& o : spec.type->options) known.push_back(o.key);
   checkKeys(body, known, reader, path);
   spec.config = spec.type->parse(body, reader, path);
+  if (spec.type->validate) {
+    for (const auto& [k, msg] : spec.type->validate(spec.config)) {
+      reader.diag().error(locationOfKey(body, k), path + "." + k, msg);
+    }
+  }
   return spec;
 }
 

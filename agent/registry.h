@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "agent/channel.h"
@@ -32,6 +33,14 @@ struct AgentSettings {
   bool operator==(const AgentSettings&) const = default;
 };
 
+// Cross-key checks of a parsed config that an option table cannot express (option combinations,
+// templates, pass-through maps). Each error is (key, message), where key is an option key or
+// "option.entry" for an entry of a map option; the config loader reports it at that key in the
+// file (else at the component) under the component's path. Empty when the config is good.
+using ConfigErrors = std::vector<std::pair<std::string, std::string>>;
+template <class Cfg>
+using ConfigValidator = std::function<ConfigErrors(const Cfg&)>;
+
 // What a factory gets besides its own config.
 struct BuildContext {
   std::string name;
@@ -47,6 +56,8 @@ struct ComponentType {
   std::vector<OptionInfo> options;
   std::function<std::any(const YAML::Node&, ConfigReader&, const std::string&)> parse;
   std::function<bool(const std::any&, const std::any&)> equal;
+  // Run by the config loader after parse; empty: the option table is the whole validation.
+  std::function<ConfigErrors(const std::any&)> validate;
   std::function<SourcePtr(const std::any&, const BuildContext&)> make_source;
   std::function<ChannelPtr(const std::any&, const BuildContext&)> make_channel;
   std::function<SinkPtr(const std::any&, const BuildContext&)> make_sink;
@@ -60,8 +71,10 @@ class Registry {
  public:
   template <class Cfg>
   void addSource(std::string name, std::string help, OptionTable<Cfg> table,
-                 std::function<SourcePtr(const Cfg&, const BuildContext&)> make) {
+                 std::function<SourcePtr(const Cfg&, const BuildContext&)> make,
+                 ConfigValidator<Cfg> validate = {}) {
     auto t = base<Cfg>(Kind::Source, std::move(name), std::move(help), std::move(table));
+    setValidate(t, std::move(validate));
     t.make_source = [make](const std::any& c, const BuildContext& b) {
       return make(std::any_cast<const Cfg&>(c), b);
     };
@@ -70,8 +83,10 @@ class Registry {
   template <class Cfg, class C>
   void addChannel(std::string name, std::string help, OptionTable<Cfg> table,
                   std::function<std::shared_ptr<C>(const Cfg&, const BuildContext&)> make,
-                  std::function<bool(C&, const Cfg&)> reconfigure = {}) {
+                  std::function<bool(C&, const Cfg&)> reconfigure = {},
+                  ConfigValidator<Cfg> validate = {}) {
     auto t = base<Cfg>(Kind::Channel, std::move(name), std::move(help), std::move(table));
+    setValidate(t, std::move(validate));
     t.make_channel = [make](const std::any& c, const BuildContext& b) -> ChannelPtr {
       return make(std::any_cast<const Cfg&>(c), b);
     };
@@ -85,8 +100,10 @@ class Registry {
   }
   template <class Cfg>
   void addSink(std::string name, std::string help, OptionTable<Cfg> table,
-               std::function<SinkPtr(const Cfg&, const BuildContext&)> make) {
+               std::function<SinkPtr(const Cfg&, const BuildContext&)> make,
+               ConfigValidator<Cfg> validate = {}) {
     auto t = base<Cfg>(Kind::Sink, std::move(name), std::move(help), std::move(table));
+    setValidate(t, std::move(validate));
     t.make_sink = [make](const std::any& c, const BuildContext& b) {
       return make(std::any_cast<const Cfg&>(c), b);
     };
@@ -124,6 +141,13 @@ class Registry {
       return std::any_cast<const Cfg&>(a) == std::any_cast<const Cfg&>(b);
     };
     return t;
+  }
+  template <class Cfg>
+  static void setValidate(ComponentType& t, ConfigValidator<Cfg> validate) {
+    if (!validate) return;
+    t.validate = [validate = std::move(validate)](const std::any& c) {
+      return validate(std::any_cast<const Cfg&>(c));
+    };
   }
 
   std::vector<ComponentType> types_;

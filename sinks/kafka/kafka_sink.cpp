@@ -57,7 +57,7 @@ const std::map<std::string, std::string>& ownedProperties() {
       {"enable.idempotence", "idempotence"},
       {"compression.codec", "compression"},
       {"compression.type", "compression"},
-      {"batch.num.messages", "batch_size"},
+      {"batch.num.messages", "producer_batch_size"},
       {"linger.ms", "linger"},
       {"queue.buffering.max.ms", "linger"},
       {"message.timeout.ms", "message_timeout"},
@@ -122,7 +122,7 @@ bool buildConf(const KafkaConfig& cfg, const std::string& sink_name, rd_kafka_co
             set("acks", cfg.acks == "all" ? "all" : cfg.acks) &&
             set("enable.idempotence", cfg.idempotence ? "true" : "false") &&
             set("compression.codec", cfg.compression) &&
-            set("batch.num.messages", std::to_string(cfg.batch_size)) &&
+            set("batch.num.messages", std::to_string(cfg.producer_batch_size)) &&
             set("linger.ms", std::to_string(cfg.linger.count())) &&
             set("message.timeout.ms", std::to_string(cfg.message_timeout.count())) &&
             set("queue.buffering.max.messages", std::to_string(cfg.queue_max_events)) &&
@@ -364,6 +364,13 @@ class KafkaSink : public Sink {
         key_(std::move(key)),
         rk_(rk),
         metrics_(std::move(metrics)) {
+    json_ = cfg_.format == "json";
+    if (topic_.isLiteral()) {
+      Batch none;  // a literal reads nothing of the event
+      none.add("", 0);
+      topic_.render(none[0], literal_topic_);
+      literal_topic_valid_ = isValidTopicName(literal_topic_);
+    }
     if (cfg_.record_headers.empty() ||
         (cfg_.record_headers.size() == 1 && cfg_.record_headers[0] == "all")) {
       all_headers_ = true;
@@ -411,6 +418,7 @@ class KafkaSink : public Sink {
       thread_.join();
     } else if (rk_) {
       rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+      destroyTopics();
       rd_kafka_destroy(rk_);
     }
     rk_ = nullptr;
@@ -455,6 +463,27 @@ class KafkaSink : public Sink {
       return;
     }
     if (d->finished()) finish({d});
+  }
+
+  // Shutdown past the drain deadline: deliveries still waiting for queue room are answered
+  // Retry now; what librdkafka holds is purged, and its reports (ERR__PURGE_*, retriable) answer
+  // the rest Retry, so the group rolls everything unconfirmed back into the channel.
+  void cancel() override {
+    if (!rk_ || deliveries_.empty()) return;
+    spdlog::warn(
+        "kafka sink '{}': shutting down past the drain deadline; {} unconfirmed events "
+        "are rolled back into the channel",
+        name_, in_flight_);
+    std::vector<Delivery*> now;
+    for (Delivery* d : blocked_) {
+      d->queued = false;
+      d->retry = true;
+      if (d->retry_reason.empty()) d->retry_reason = "cancelled at shutdown";
+      if (d->finished()) now.push_back(d);
+    }
+    blocked_.clear();
+    finish(now);
+    rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
   }
 
   void stop(std::function<void()> done) override {
@@ -558,6 +587,8 @@ class KafkaSink : public Sink {
   // Produces the delivery's remaining events. Returns false when librdkafka's queue is full
   // (the position is kept for a later call); true when nothing is left to produce.
   bool produce(Delivery* d) {
+    // One clock read per call, not per event: the latency metric needs no finer grain.
+    uint64_t now = uv_hrtime();
     while (!d->allProduced() && !d->retry) {
       const Slice& slice = d->slices[d->slice_pos];
       if (d->event_pos >= slice.end) {  // an empty slice
@@ -566,7 +597,7 @@ class KafkaSink : public Sink {
       }
       EventView ev = (*slice.batch)[d->event_pos];
       MsgRef& ref = d->refs[d->submitted];
-      ref = MsgRef{d, slice.batch.get(), d->event_pos, uv_hrtime()};
+      ref = MsgRef{d, slice.batch.get(), d->event_pos, now};
       rd_kafka_resp_err_t err = produceOne(ref, ev);
       if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return false;
       if (err != RD_KAFKA_RESP_ERR_NO_ERROR && !isPermanent(err) && err != kDeadLettered) {
@@ -590,7 +621,14 @@ class KafkaSink : public Sink {
   // Returns NO_ERROR (produced), kDeadLettered (handed to the dead-letter writer), or the
   // error librdkafka gave (nothing produced).
   rd_kafka_resp_err_t produceOne(MsgRef& ref, const EventView& ev) {
-    topic_.render(ev, topic_buf_);
+    // A literal topic is rendered and checked once; a template per event.
+    const std::string* topic = &literal_topic_;
+    bool topic_valid = literal_topic_valid_;
+    if (!topic_.isLiteral()) {
+      topic_.render(ev, topic_buf_);
+      topic = &topic_buf_;
+      topic_valid = isValidTopicName(topic_buf_);
+    }
     bool has_key = !key_.empty();
     if (has_key) {
       key_.render(ev, key_buf_);
@@ -598,11 +636,10 @@ class KafkaSink : public Sink {
     }
     std::optional<std::string_view> key;
     if (has_key) key = key_buf_;
-    if (!isValidTopicName(topic_buf_)) {
+    if (!topic_valid) {
       errors_[static_cast<size_t>(ErrorKind::InvalidTopic)]->inc();
-      deadLetter(ref,
-                 "invalid topic name '" + topic_buf_ + "' from template '" + topic_.source() + "'",
-                 RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION, key, ev);
+      deadLetter(ref, "invalid topic name '" + *topic + "' from template '" + topic_.source() + "'",
+                 *topic, RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION, key, ev);
       return kDeadLettered;
     }
     int32_t partition = RD_KAFKA_PARTITION_UA;
@@ -618,31 +655,31 @@ class KafkaSink : public Sink {
           errors_[static_cast<size_t>(ErrorKind::BadPartition)]->inc();
           deadLetter(ref,
                      "partition header '" + cfg_.partition_header + "' is not a partition number",
-                     RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION, key, ev);
+                     *topic, RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION, key, ev);
           return kDeadLettered;
         }
         partition = static_cast<int32_t>(v);
       }
     }
+    // Record headers are allocated only for an event that has some to copy.
     rd_kafka_headers_t* headers = nullptr;
-    if (all_headers_ || !header_names_.empty()) {
-      headers = rd_kafka_headers_new(8);
-      if (all_headers_) {
-        ev.forEachHeader([&](std::string_view k, std::string_view v) {
-          rd_kafka_header_add(headers, k.data(), static_cast<ssize_t>(k.size()), v.data(),
-                              static_cast<ssize_t>(v.size()));
-        });
-      } else {
-        for (const auto& name : header_names_) {
-          if (auto v = ev.header(name)) {
-            rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()), v->data(),
-                                static_cast<ssize_t>(v->size()));
-          }
+    if (all_headers_) {
+      ev.forEachHeader([&](std::string_view k, std::string_view v) {
+        if (!headers) headers = rd_kafka_headers_new(8);
+        rd_kafka_header_add(headers, k.data(), static_cast<ssize_t>(k.size()), v.data(),
+                            static_cast<ssize_t>(v.size()));
+      });
+    } else {
+      for (const auto& name : header_names_) {
+        if (auto v = ev.header(name)) {
+          if (!headers) headers = rd_kafka_headers_new(header_names_.size());
+          rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()), v->data(),
+                              static_cast<ssize_t>(v->size()));
         }
       }
     }
     std::string_view value = ev.body();
-    if (cfg_.format == "json") {
+    if (json_) {
       nlohmann::ordered_json j;
       j["body"] = ev.body();
       auto& hs = j["headers"] = nlohmann::ordered_json::object();
@@ -652,28 +689,65 @@ class KafkaSink : public Sink {
       value = value_buf_;
     }
     int64_t ts_ms = ev.timestampNs() / 1'000'000;
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        rk_, RD_KAFKA_V_TOPIC(topic_buf_.c_str()), RD_KAFKA_V_PARTITION(partition),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
-        RD_KAFKA_V_KEY(has_key ? key_buf_.data() : nullptr, has_key ? key_buf_.size() : 0),
-        RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_TIMESTAMP(ts_ms > 0 ? ts_ms : 0),
-        RD_KAFKA_V_OPAQUE(&ref), RD_KAFKA_V_END);
+    rd_kafka_topic_t* rkt = topicHandle(*topic);
+    rd_kafka_resp_err_t err;
+    if (rkt) {
+      err = rd_kafka_producev(
+          rk_, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition),
+          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+          RD_KAFKA_V_KEY(has_key ? key_buf_.data() : nullptr, has_key ? key_buf_.size() : 0),
+          RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_TIMESTAMP(ts_ms > 0 ? ts_ms : 0),
+          RD_KAFKA_V_OPAQUE(&ref), RD_KAFKA_V_END);
+    } else {  // no handle (librdkafka refused it): by name, for librdkafka's own error
+      err = rd_kafka_producev(
+          rk_, RD_KAFKA_V_TOPIC(topic->c_str()), RD_KAFKA_V_PARTITION(partition),
+          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+          RD_KAFKA_V_KEY(has_key ? key_buf_.data() : nullptr, has_key ? key_buf_.size() : 0),
+          RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_TIMESTAMP(ts_ms > 0 ? ts_ms : 0),
+          RD_KAFKA_V_OPAQUE(&ref), RD_KAFKA_V_END);
+    }
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return err;
     if (headers) rd_kafka_headers_destroy(headers);
     if (isPermanent(err)) {
       errors_[static_cast<size_t>(kindOf(err))]->inc();
-      deadLetter(ref, rd_kafka_err2str(err), err, key, ev);
+      deadLetter(ref, rd_kafka_err2str(err), *topic, err, key, ev);
       return kDeadLettered;
     }
     return err;
   }
 
-  void deadLetter(MsgRef& ref, const std::string& reason, rd_kafka_resp_err_t err,
-                  std::optional<std::string_view> key, const EventView& ev) {
-    std::string line = deadLetterLine(name_, reason, err, topic_buf_, key, ev);
+  void deadLetter(MsgRef& ref, const std::string& reason, std::string_view topic,
+                  rd_kafka_resp_err_t err, std::optional<std::string_view> key,
+                  const EventView& ev) {
+    std::string line = deadLetterLine(name_, reason, err, topic, key, ev);
     std::lock_guard lock(mutex_);
     dl_jobs_.push_back({&ref, std::move(line), err, false});
+  }
+
+  // A handle per rendered topic name: producing by handle (RD_KAFKA_V_RKT) spares librdkafka a
+  // topic lookup under its lock, and a handle of its own, per message. Loop thread while the
+  // sink runs; the poll thread destroys the handles once the loop produces no more (stop).
+  // Bounded: a template that keeps rendering new names (one per day or per host) starts a fresh
+  // cache past kMaxTopicHandles. Null when librdkafka refuses the name.
+  rd_kafka_topic_t* topicHandle(const std::string& name) {
+    if (topic_.isLiteral() && literal_rkt_) return literal_rkt_;
+    auto it = topics_.find(name);
+    if (it != topics_.end()) return it->second;
+    if (topics_.size() >= kMaxTopicHandles) destroyTopics();
+    rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk_, name.c_str(), nullptr);
+    if (!rkt) return nullptr;
+    topics_.emplace(name, rkt);
+    if (topic_.isLiteral()) literal_rkt_ = rkt;
+    return rkt;
+  }
+
+  // Queued messages hold their own reference to their topic, so this never loses one.
+  void destroyTopics() {
+    for (auto& [name, rkt] : topics_) rd_kafka_topic_destroy(rkt);
+    topics_.clear();
+    literal_rkt_ = nullptr;
   }
 
   static void onAsync(uv_async_t* handle) {
@@ -841,6 +915,7 @@ class KafkaSink : public Sink {
     }
     writeDeadLetters();
     publish();
+    destroyTopics();
     rd_kafka_destroy(rk_);
     {
       std::lock_guard lock(mutex_);
@@ -918,6 +993,14 @@ class KafkaSink : public Sink {
   SinkContext* ctx_ = nullptr;
   bool all_headers_ = true;
   std::vector<std::string> header_names_;
+  bool json_ = false;
+  std::string literal_topic_;  // the topic when the template is literal
+  bool literal_topic_valid_ = false;
+
+  // Loop thread while running; the poll thread after stop (see topicHandle).
+  static constexpr size_t kMaxTopicHandles = 1024;
+  std::unordered_map<std::string, rd_kafka_topic_t*> topics_;
+  rd_kafka_topic_t* literal_rkt_ = nullptr;
 
   // Loop thread only.
   std::unordered_map<Delivery*, std::unique_ptr<Delivery>> deliveries_;
@@ -981,8 +1064,9 @@ const OptionTable<KafkaConfig>& kafkaOptionTable() {
              "body: the event body as is; json: {\"body\",\"headers\",\"timestamp\"} envelope.");
     t.choice("compression", &C::compression, {"none", "gzip", "snappy", "lz4", "zstd"}, "none",
              "Compression codec of record batches.");
-    t.integer("batch_size", &C::batch_size, 10000, 1, 1000000,
-              "Most messages in one produce batch (batch.num.messages).");
+    t.integer("producer_batch_size", &C::producer_batch_size, 10000, 1, 1000000,
+              "Most messages in one produce request batch (batch.num.messages); not the "
+              "events taken per delivery, which is the common batch_size.");
     t.duration("linger", &C::linger, "5ms", Millis(0), Millis(900000),
                "How long librdkafka waits to fill a batch (linger.ms).");
     t.choice("acks", &C::acks, {"all", "1", "0"}, "all",
@@ -996,7 +1080,9 @@ const OptionTable<KafkaConfig>& kafkaOptionTable() {
     t.integer("queue_max_events", &C::queue_max_events, 100000, 1, 10000000,
               "librdkafka's local queue (queue.buffering.max.messages); when full the sink "
               "stops taking from the channel.");
-    t.integer("max_in_flight", &C::max_in_flight, 4, 1, 64, "Batches the sink delivers at once.");
+    t.integer("max_in_flight", &C::max_in_flight, 32, 1, 256,
+              "Deliveries (taken batches of the common batch_size) the sink has outstanding at "
+              "once; enough to keep librdkafka's pipeline full while batches commit.");
     t.duration("flush_timeout", &C::flush_timeout, "5s", Millis(0), Millis(600000),
                "At stop, how long queued messages get to reach the broker before the producer "
                "is destroyed.");
@@ -1028,8 +1114,8 @@ const OptionTable<KafkaConfig>& kafkaOptionTable() {
   return table;
 }
 
-std::vector<std::pair<std::string, std::string>> validateKafkaConfig(const KafkaConfig& cfg) {
-  std::vector<std::pair<std::string, std::string>> errors;
+ConfigErrors validateKafkaConfig(const KafkaConfig& cfg) {
+  ConfigErrors errors;
   auto brokers = splitBrokers(cfg.brokers);
   if (brokers.empty()) errors.emplace_back("brokers", "must list at least one broker");
   for (const auto& b : brokers) {
@@ -1152,34 +1238,12 @@ SinkPtr makeKafkaSink(const KafkaConfig& cfg, const BuildContext& ctx) {
 }
 
 void registerKafkaSink(Registry& registry) {
+  // Cross-key checks run at config load too (so `sluice check` reports them with
+  // file:line:col), through the registry's validation hook; the factory checks again.
   registry.addSink<KafkaConfig>("kafka",
                                 "Produces events to Apache Kafka; commits a batch once the broker "
                                 "acknowledged every event.",
-                                kafkaOptionTable(), &makeKafkaSink);
-  // Cross-key checks run at config load (so `sluice check` reports them with file:line:col):
-  // the registry has no validation hook, so the parser it built is wrapped here.
-  auto* type = const_cast<ComponentType*>(registry.find(Kind::Sink, "kafka"));
-  auto parse = type->parse;
-  type->parse = [parse](const YAML::Node& node, ConfigReader& reader, const std::string& path) {
-    std::any result = parse(node, reader, path);
-    const auto& cfg = std::any_cast<const KafkaConfig&>(result);
-    for (const auto& [key, msg] : validateKafkaConfig(cfg)) {
-      // Point at the offending key when it is in the file, else at the sink itself. (No
-      // YAML::Node assignment here: on a defined node it rebinds the document's node.)
-      std::string first = key.substr(0, key.find('.'));
-      Location where = locationOf(node);
-      if (node.IsMap() && node[first].IsDefined()) {
-        const YAML::Node at = node[first];
-        where = locationOf(at);
-        if (key.size() > first.size() && at.IsMap() &&
-            at[key.substr(first.size() + 1)].IsDefined()) {
-          where = locationOf(at[key.substr(first.size() + 1)]);
-        }
-      }
-      reader.diag().error(where, path + "." + key, msg);
-    }
-    return result;
-  };
+                                kafkaOptionTable(), &makeKafkaSink, &validateKafkaConfig);
 }
 
 }  // namespace sluice

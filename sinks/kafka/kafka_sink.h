@@ -25,7 +25,7 @@ struct KafkaConfig {
   std::vector<std::string> record_headers;  // empty or [all]: all; [none]: none; else names
   std::string format;
   std::string compression;
-  uint64_t batch_size = 0;
+  uint64_t producer_batch_size = 0;
   Millis linger{};
   std::string acks;
   bool idempotence = true;
@@ -53,8 +53,9 @@ const OptionTable<KafkaConfig>& kafkaOptionTable();
 
 // Checks what the option table alone cannot: templates, broker list, option combinations, and
 // pass-through properties (refused when a first-class option owns the key, or when librdkafka
-// does not accept them). Returns (key, message) pairs; empty when the config is good.
-std::vector<std::pair<std::string, std::string>> validateKafkaConfig(const KafkaConfig& cfg);
+// does not accept them). Empty when the config is good. The registry's validation hook runs it at
+// config load; makeKafkaSink runs it again.
+ConfigErrors validateKafkaConfig(const KafkaConfig& cfg);
 
 // Builds the sink (the producer is created here); null, with the reason logged, on failure.
 SinkPtr makeKafkaSink(const KafkaConfig& cfg, const BuildContext& ctx);

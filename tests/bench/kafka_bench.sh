@@ -3,7 +3,9 @@
 # with 200-byte events, next to librdkafka's own producer benchmark (rdkafka_performance, built
 # from the example source Debian's librdkafka-dev ships; kcat -P when that is missing) against
 # the same broker in the same run. Both produce with acks=all, idempotence, linger 5 ms,
-# batch.num.messages 10000, no compression. Prints a table of the median of RUNS runs each.
+# batch.num.messages 10000 (sluice: producer_batch_size), no compression; sluice takes the
+# default batch_size (1000 events) per delivery, with the default max_in_flight. Prints a table
+# of the median of RUNS runs each.
 #
 #   tests/bench/kafka_bench.sh [EVENTS] [RUNS]        (defaults: 500000 5)
 #   SLUICE=path/to/sluice (default build/default/sluice)
@@ -138,7 +140,7 @@ sinks:
     acks: all
     idempotence: true
     linger: 5ms
-    batch_size: 10000
+    producer_batch_size: 10000
     compression: none
     message_timeout: 10m
     flush_timeout: 1s

@@ -197,7 +197,8 @@ TEST_CASE("kafka sink: every event arrives as sent, through a memory and a file 
                        "sinks:\n  k:\n    type: kafka\n    channel: ch\n    brokers: [" +
                        broker.bootstrap() +
                        "]\n    topic: 'it-%{env}-%Y'\n    key: '%{user}'\n"
-                       "    record_headers: all\n    acks: all\n    linger: 5ms\n";
+                       "    record_headers: all\n    acks: all\n    linger: 5ms\n"
+                       "    batch_size: 500\n    producer_batch_size: 2000\n";
     writeFile(dir.file("a.yaml"), yaml);
     auto check = runSluice({"check", "-c", dir.file("a.yaml")}, dir);
     REQUIRE_MESSAGE(check.code == 0, check.out << check.err);

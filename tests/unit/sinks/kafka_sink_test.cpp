@@ -295,7 +295,8 @@ TEST_CASE("kafka options: contradictions and bad values are refused at config lo
     const auto& k = std::any_cast<const KafkaConfig&>(cfg->sinks[0].config);
     CHECK(k.acks == "all");
     CHECK(k.idempotence);
-    CHECK(k.batch_size == 10000);
+    CHECK(k.producer_batch_size == 10000);
+    CHECK(k.max_in_flight == 32);
     CHECK(k.linger == Millis(5));
     CHECK(k.message_timeout == Millis(300000));
     CHECK(k.queue_max_events == 100000);
@@ -313,6 +314,43 @@ TEST_CASE("kafka options: contradictions and bad values are refused at config lo
     CHECK(text.find("test.yaml:10:") != std::string::npos);  // points at the property
     CHECK(text.find("test.yaml:11:") != std::string::npos);
     CHECK(text.find("'linger.ms' is set by the option 'linger'") != std::string::npos);
+  }
+  SUBCASE("batch_size (events per take) and producer_batch_size (batch.num.messages) differ") {
+    Diagnostics diag("test.yaml");
+    auto cfg = load(
+        "    brokers: [a:9092]\n    topic: t\n    batch_size: 250\n"
+        "    producer_batch_size: 777\n",
+        diag);
+    INFO(diag.format());
+    REQUIRE_FALSE(diag.hasErrors());
+    REQUIRE(cfg);
+    CHECK(cfg->sinks[0].common.batch_size == 250);
+    CHECK(std::any_cast<const KafkaConfig&>(cfg->sinks[0].config).producer_batch_size == 777);
+
+    Diagnostics diag2("test.yaml");
+    auto cfg2 = load("    brokers: [a:9092]\n    topic: t\n    batch_size: 250\n", diag2);
+    REQUIRE(cfg2);
+    CHECK(cfg2->sinks[0].common.batch_size == 250);
+    CHECK(std::any_cast<const KafkaConfig&>(cfg2->sinks[0].config).producer_batch_size == 10000);
+
+    Diagnostics diag3("test.yaml");
+    load("    brokers: [a:9092]\n    topic: t\n    properties: {batch.num.messages: '5'}\n", diag3);
+    CHECK(diag3.format().find("'batch.num.messages' is set by the option 'producer_batch_size'") !=
+          std::string::npos);
+  }
+  SUBCASE("the cross-key checks run through the registry's validation hook") {
+    const ComponentType* type = reg.find(Kind::Sink, "kafka");
+    REQUIRE(type);
+    REQUIRE(type->validate);
+    KafkaConfig bad;
+    bad.topic = "t";
+    bad.acks = "1";
+    bad.idempotence = true;
+    bool idempotence_refused = false;
+    for (const auto& [key, msg] : type->validate(std::any(bad))) {
+      idempotence_refused = idempotence_refused || key == "idempotence";
+    }
+    CHECK(idempotence_refused);
   }
   SUBCASE("every owned key is refused") {
     for (const char* key : {"enable.idempotence", "compression.codec", "bootstrap.servers",
@@ -390,6 +428,29 @@ TEST_CASE("kafka sink: a batch is Ok once the mock cluster acknowledged it; key/
 
   // Per-broker connection state from librdkafka's statistics.
   CHECK(f.tl.runUntil([&] { return f.ctx.gauge("BrokersConnected") >= 1; }));
+}
+
+TEST_CASE("kafka sink: a topic template rendering several topics; no headers to copy") {
+  // One topic handle per rendered name; events with none of the listed headers carry none.
+  MockCluster mc(1);
+  for (const char* t : {"g-0", "g-1", "g-2"}) mc.topic(t, 1, 1);
+  Fixture f(baseYaml(mc, "topic: 'g-%{grp}'\nrecord_headers: [absent]\n"));
+  auto grp = [](Batch& b, uint32_t e) { b.setHeader(e, "grp", std::to_string(e % 3)); };
+  size_t a = f.deliver(30, "event-", grp);
+  size_t b = f.deliver(30, "second-", grp);
+  REQUIRE(f.waitFor(a));
+  REQUIRE(f.waitFor(b));
+  CHECK(f.results[a]->status == DeliveryStatus::Ok);
+  CHECK(f.results[b]->status == DeliveryStatus::Ok);
+  for (int g = 0; g < 3; ++g) {
+    auto records = consume(mc.bootstraps(), "g-" + std::to_string(g), 1, 20);
+    REQUIRE(records.size() == 20);
+    for (const auto& r : records) {
+      CHECK(r.headers.empty());
+      auto n = std::stoi(r.body.substr(r.body.find('-') + 1));
+      CHECK(n % 3 == g);
+    }
+  }
 }
 
 TEST_CASE("kafka sink: JSON envelope and all headers") {
@@ -531,7 +592,7 @@ TEST_CASE("kafka sink: a full local queue makes it not ready, then wakes the gro
   mc.topic("t", 1, 1);
   Fixture f(baseYaml(mc, "topic: t\nqueue_max_events: 5\n"));
   CHECK(f.sink->ready());
-  CHECK(f.sink->maxInFlight() == 4);
+  CHECK(f.sink->maxInFlight() == 32);
   size_t a = f.deliver(40);
   CHECK_FALSE(f.sink->ready());  // 5 produced, 35 waiting for room
   CHECK(f.ctx.counter("QueueFullCount") == 1);
@@ -543,6 +604,23 @@ TEST_CASE("kafka sink: a full local queue makes it not ready, then wakes the gro
   REQUIRE(records.size() == 40);
   CHECK(records.front().body == "event-0");
   CHECK(records.back().body == "event-39");  // order kept across the pause
+}
+
+TEST_CASE("kafka sink: cancel answers unconfirmed deliveries Retry at once (shutdown)") {
+  MockCluster mc(3);
+  mc.topic("t", 1, 3);
+  for (int b = 1; b <= 3; ++b) rd_kafka_mock_broker_set_down(mc.mc, b);
+  Fixture f(baseYaml(mc, "topic: t\nmessage_timeout: 10min\n"));
+  size_t a = f.deliver(10);
+  size_t b = f.deliver(5);
+  CHECK_FALSE(f.waitFor(a, 300));  // nothing can confirm them
+  f.sink->cancel();
+  REQUIRE(f.waitFor(a));
+  REQUIRE(f.waitFor(b));
+  CHECK(f.results[a]->status == DeliveryStatus::Retry);
+  CHECK(f.results[b]->status == DeliveryStatus::Retry);
+  CHECK(f.ctx.gauge("EventsInFlight") == 0);
+  CHECK(f.ctx.counter("DeadLetterCount") == 0);
 }
 
 TEST_CASE("kafka sink: stop flushes and calls done; an empty take is Ok at once") {
