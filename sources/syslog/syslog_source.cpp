@@ -876,11 +876,26 @@ void SyslogSource::onHandleClosed() {
 void registerSyslogSource(Registry& registry) {
   registry.addSource<SyslogConfig>(
       "syslog", "Receives syslog (RFC 5424 / RFC 3164) over UDP, TCP, TLS and a Unix socket",
-      syslogOptionTable(), [](const SyslogConfig& config, const BuildContext& b) -> SourcePtr {
+      syslogOptionTable(),
+      [](const SyslogConfig& config, const BuildContext& b) -> SourcePtr {
         std::string error;
         auto source = SyslogSource::create(config, error);
         if (!source) spdlog::error("source {}: {}", b.name, error);
         return source;
+      },
+      // `sluice check` and reloads see bad listener URLs and TLS files too: the same checks as
+      // the factory, without binding anything.
+      [](const SyslogConfig& config) {
+        ConfigErrors errors;
+        std::string error;
+        if (!SyslogSource::create(config, error)) {
+          bool tls = error.find("cert_file") != std::string::npos ||
+                     error.find("key_file") != std::string::npos ||
+                     error.find("ca_file") != std::string::npos ||
+                     error.find("min_tls_version") != std::string::npos;
+          errors.emplace_back(tls && config.cert_file.size() ? "cert_file" : "listeners", error);
+        }
+        return errors;
       });
 }
 

@@ -2,6 +2,10 @@
 // limits, backpressure and stop. Listeners bind port 0; clients are plain sockets.
 
 #include "sources/syslog/syslog_source.h"
+#include "agent/config.h"
+#include "agent/diagnostics.h"
+#include "channels/memory/memory_channel.h"
+#include "sinks/null/null_sink.h"
 
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
@@ -192,6 +196,33 @@ TEST_CASE("syslog source: listener URLs are validated") {
   c.key_file = "/nonexistent/key.pem";
   CHECK(SyslogSource::create(c, e) == nullptr);
   CHECK(e.find("cannot load cert_file '/nonexistent/cert.pem'") != std::string::npos);
+}
+
+TEST_CASE("syslog source: bad listeners and TLS files fail at config load (sluice check)") {
+  Registry reg;
+  registerMemoryChannel(reg);
+  registerNullSink(reg);
+  registerSyslogSource(reg);
+  auto load = [&](const std::string& source_body) {
+    Diagnostics diag("test.yaml");
+    std::string text = "sources:\n  s:\n    type: syslog\n    channels: [c]\n" + source_body +
+                       "channels:\n  c: {type: memory}\nsinks:\n  n: {type: null, channel: c}\n";
+    auto cfg = loadConfigText(text, "test.yaml", reg, diag,
+                              [](const std::string&) { return std::optional<std::string>(); });
+    return std::make_pair(cfg != std::nullopt, diag.format());
+  };
+  auto good = load("    listeners: [udp://127.0.0.1:0]\n");
+  INFO(good.second);
+  CHECK(good.first);
+  auto bad = load("    listeners: ['tcp://example.com:514']\n");
+  CHECK_FALSE(bad.first);
+  CHECK(bad.second.find("test.yaml:5:") != std::string::npos);
+  CHECK(bad.second.find("host must be an IP address") != std::string::npos);
+  auto tls = load(
+      "    listeners: [tls://127.0.0.1:0]\n    cert_file: /nonexistent/c.pem\n"
+      "    key_file: /nonexistent/k.pem\n");
+  CHECK_FALSE(tls.first);
+  CHECK(tls.second.find("cannot load cert_file '/nonexistent/c.pem'") != std::string::npos);
 }
 
 TEST_CASE("syslog source: UDP, TCP LF, TCP octet counting and a Unix socket, with headers") {
