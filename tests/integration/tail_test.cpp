@@ -130,16 +130,21 @@ TEST_CASE("tail: kill -9 at random moments with a file channel; every line arriv
     REQUIRE(agent.wait(10s) == 128 + SIGKILL);
     out += agent.out();
   }
-  // A last run to the end.
+  // A last run to the end. It may have nothing left to do, so it must be up (signal handlers
+  // installed) before it gets SIGTERM.
   Process agent({sluiceBinary(), "run", "-c", dir.file("a.yaml")}, dir.path());
+  REQUIRE(waitFor([&] { return loggedStatusPort(agent) != 0; }, 30s));
   bool all = waitFor(
       [&] {
         auto seen = countLines(out + agent.out());
         return seen.size() == static_cast<size_t>(n);
       },
       120s);
+  INFO("all lines seen before SIGTERM: " << all);
   agent.signal(SIGTERM);
-  REQUIRE(agent.wait(30s) == 0);
+  auto code = agent.wait(30s);
+  INFO("exit " << (code ? *code : -1) << "\n" << agent.err());
+  REQUIRE(code == 0);
   out += agent.out();
   auto seen = countLines(out);
   int missing = 0, extra = 0;
