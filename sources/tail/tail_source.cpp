@@ -336,6 +336,8 @@ class TailSource::Impl {
       if (::fstat(f->fd, &st) == 0 && static_cast<uint64_t>(st.st_size) != f->read_offset) {
         return false;
       }
+      // Truncated and written again to the same size: only the fingerprint tells.
+      if (f->fpl > 0 && !fingerprintMatches(f->fd, f->fp, f->fpl)) return false;
     }
     return true;
   }
@@ -622,11 +624,24 @@ class TailSource::Impl {
       if (h.fpl > 0 && size < std::max(h.fpl, h.off)) return true;
     }
     for (auto& o : files_) {
-      if (o.get() == &f || o->fd < 0 || o->fpl == 0 || o->deferred) continue;
-      uint64_t n = std::min(size, o->fpl);
+      if (o.get() == &f || o->fd < 0 || o->deferred) continue;
+      uint64_t len = o->fpl;
+      if (len == 0) {
+        // Nothing read from it yet (its new generation after a truncation, say): logrotate may
+        // copy it before this source reads it, and truncate it after. Compare with what it holds.
+        struct stat ost {};
+        if (::fstat(o->fd, &ost) != 0 || ost.st_size <= 0) continue;
+        len = std::min<uint64_t>(cfg_.fingerprint_bytes, static_cast<uint64_t>(ost.st_size));
+      }
+      uint64_t n = std::min(size, len);
       uint64_t a = 0, b = 0;
       if (n == 0) return true;
-      if (hashPrefix(f.fd, n, a) && hashPrefix(o->fd, n, b) && a == b) return true;
+      if (!hashPrefix(f.fd, n, a)) continue;
+      // The other file shrank, or its start changed, since it was last checked: it is being
+      // truncated (logrotate truncates right after the copy). Wait for that truncation's hint.
+      if (!hashPrefix(o->fd, n, b)) return true;
+      if (a == b) return true;
+      if (o->fpl > 0 && !fingerprintMatches(o->fd, o->fp, o->fpl)) return true;
     }
     return false;
   }
@@ -662,6 +677,10 @@ class TailSource::Impl {
           continue;
         }
         matched[s] = true;
+        // A saved file with no fingerprint (it was empty) proves nothing about identity: its
+        // inode may have been reused by a new file, for example a copy that copytruncate made,
+        // which must get its hint. Nothing of it was read, so it is treated as a new file.
+        if (saved_[s].fpl == 0 && saved_[s].off == 0) break;
         if (resumeSaved(found[i], saved_[s], false)) taken[i] = true;
         break;
       }
@@ -786,6 +805,12 @@ class TailSource::Impl {
     bool shrunk = size < f.read_offset;
     bool replaced = !shrunk && f.fpl > 0 && !fingerprintMatches(f.fd, f.fp, f.fpl);
     if (!shrunk && !replaced) return;
+    restartTruncated(f, size);
+  }
+
+  // The file was truncated (or its content replaced): hand over what was read, leave a hint
+  // for a copy, and read it again from 0.
+  void restartTruncated(File& f, uint64_t size) {
     truncations_->inc();
     // What was read is handed over; a partial line is dropped (copytruncate keeps it in the
     // copy, which continues from `emitted`).
@@ -953,6 +978,16 @@ class TailSource::Impl {
       f.at_eof = true;
       f.check_before_read = true;
       return 0;
+    }
+    if (f.fpl > 0 && !fingerprintMatches(f.fd, f.fp, f.fpl)) {
+      // Truncated and written again past read_offset since the last look (a copytruncate
+      // while the file was read half-way, or racing with this pread): the bytes just read are
+      // the new content's, at the old offset. Drop them; the file starts over at 0 and its copy
+      // (if any) continues from `emitted` through the hint.
+      struct stat st {};
+      uint64_t size = ::fstat(f.fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+      restartTruncated(f, size);
+      return r;
     }
     f.buf.commit(static_cast<size_t>(r));
     extendFingerprint(f, dst, static_cast<uint64_t>(r), f.read_offset);

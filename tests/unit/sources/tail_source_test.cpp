@@ -300,6 +300,39 @@ TEST_CASE("tail: copytruncate: the copy continues where the original was read to
   CHECK(stopAndWait(loop, src) == 1);
 }
 
+TEST_CASE("tail: copytruncate while a file is read half-way: no read at the old offset") {
+  // The source stops in the middle of a file (here: a refused batch; also a spent read budget),
+  // then the file is copied, truncated and written past the offset read so far. Reading on at
+  // that offset would hand over new lines out of order, save a wrong offset for the copy and
+  // deliver part of the new lines twice.
+  TempDir dir;
+  TestLoop loop;
+  TestContext ctx(loop.get());
+  TailConfig c = config(dir, {"*.log", "*.log.*"});
+  c.watch = false;  // the poll alone: nothing depends on when inotify events arrive
+  c.batch_size = 10;
+  c.rotate_wait = Millis(300);
+  append(dir.file("a.log"), numbered("a", 1, 1000));  // 9000 bytes: more than one read chunk
+  TailSource src(c, "");
+  ctx.refuse = true;
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.refused == 1; }));
+  REQUIRE(ctx.count("ByteCount") == 4096);  // one chunk read, the rest not yet
+  copyFile(dir.file("a.log"), dir.file("a.log.1"));
+  truncateFile(dir.file("a.log"));
+  append(dir.file("a.log"), numbered("b", 1, 1000));  // past the offset read so far
+  ctx.refuse = false;
+  src.resume();
+  CHECK(loop.runUntil([&] { return ctx.bodies.size() >= 2000; }));
+  loop.runFor(400);  // longer than rotate_wait: nothing more comes
+  Lines a, b;
+  for (const auto& line : ctx.bodies) (line[0] == 'a' ? a : b).push_back(line);
+  CHECK(a == lines(numbered("a", 1, 1000)));
+  CHECK(b == lines(numbered("b", 1, 1000)));
+  CHECK(ctx.count("TruncationCount") == 1);
+  CHECK(stopAndWait(loop, src) == 1);
+}
+
 TEST_CASE("tail: truncation restarts at 0; deletion while open reads to the end") {
   TempDir dir;
   TestLoop loop;
@@ -509,8 +542,8 @@ TEST_CASE("tail: the option table parses, and the positions key names the source
 
 // Lines carry their generation (the content of one file from creation or truncation) and a
 // number; the model knows which lines exist. Every line must arrive exactly once, and the lines
-// of a generation in order, whatever the sequence of appends, rotations, truncations, deletions
-// and crashes.
+// of a generation in order, whatever the sequence of appends, rotations, truncations, deletions,
+// crashes and backpressure.
 struct Model {
   struct Stream {
     int gen = -1;     // generation now at the live path; -1: no file
@@ -534,7 +567,16 @@ bool runModel(const std::vector<std::tuple<uint8_t, uint8_t, uint8_t>>& ops, boo
   auto src = std::make_unique<TailSource>(c, "");
   src->start(ctx);
   auto live = [&](int s) { return dir.file(std::string(1, char('a' + s)) + ".log"); };
-  auto caughtUp = [&] { return loop.runUntil([&] { return src->caughtUp(); }, 5000); };
+  // Backpressure off again: the held batch goes, reading goes on.
+  auto lift = [&] {
+    if (!ctx.refuse) return;
+    ctx.refuse = false;
+    src->resume();
+  };
+  auto caughtUp = [&] {
+    lift();
+    return loop.runUntil([&] { return src->caughtUp(); }, 5000);
+  };
   auto stopSource = [&] {
     int done = 0;
     src->stop([&] { ++done; });
@@ -551,7 +593,7 @@ bool runModel(const std::vector<std::tuple<uint8_t, uint8_t, uint8_t>>& ops, boo
     int s = s8 % 2;
     int n = 1 + n8 % 40;
     auto& st = m.streams[s];
-    switch (k % 8) {
+    switch (k % 9) {
       case 0:
       case 1: {  // append
         if (st.gen < 0) st.gen = m.next_gen++;
@@ -588,6 +630,7 @@ bool runModel(const std::vector<std::tuple<uint8_t, uint8_t, uint8_t>>& ops, boo
         break;
       case 6: {  // delete the live file once the source has it open
         if (st.gen < 0) break;
+        lift();
         if (!loop.runUntil([&] { return src->isOpen(live(s)); }, 5000)) {
           why = "file never opened";
           return false;
@@ -610,8 +653,18 @@ bool runModel(const std::vector<std::tuple<uint8_t, uint8_t, uint8_t>>& ops, boo
         src->start(ctx);
         break;
       }
+      case 8:  // backpressure on (the source stops where a batch is refused, often half-way
+               // through a file, while the next operations go on), or off again
+        if (ctx.refuse) {
+          lift();
+        } else {
+          ctx.refuse = true;
+          loop.runFor(static_cast<uint64_t>(n % 20));
+        }
+        break;
     }
   }
+  lift();
   size_t total = 0;
   for (auto& [g, w] : m.written) total += static_cast<size_t>(w);
   loop.runUntil([&] { return ctx.bodies.size() >= total; }, 10000);
