@@ -821,11 +821,18 @@ Cursor& FileChannel::cursor(const std::string& consumer) {
   if (!segments_.empty()) loc = {segments_.begin()->first, 0, segments_.begin()->first};
   auto p = persisted_.find(consumer);
   if (p != persisted_.end() && p->second.exact && journalUsable(p->second)) {
-    const PersistedCursor& pc = p->second;
+    // A saved Loc is a hint: the segment it names may be gone (a range taken just as its
+    // segment rolled carries the old segment's end). Such a Loc is replaced by the start of the
+    // segment that holds the position.
+    PersistedCursor& pc = p->second;
+    auto fix = [this](uint64_t pos, Loc& loc) {
+      if (!segments_.count(loc.seg)) loc = locate(pos);
+    };
+    fix(pc.low, pc.loc);
+    fix(pc.next, pc.next_loc);
+    for (auto& r : pc.uncommitted) fix(r.begin, r.loc);
     auto* c = new FileCursor(this, consumer, pc.low, pc.loc);
-    Loc next_loc = pc.next_loc;
-    if (!segments_.count(next_loc.seg)) next_loc = {pc.next, 0, pc.next};
-    c->ledger_.restore(pc.next, next_loc, pc.uncommitted);
+    c->ledger_.restore(pc.next, pc.next_loc, pc.uncommitted);
     persisted_.erase(p);
     cursors_.emplace(consumer, c);
     metrics_->gauge(
@@ -834,12 +841,9 @@ Cursor& FileChannel::cursor(const std::string& consumer) {
     return *c;
   }
   if (p != persisted_.end()) {
-    if (p->second.low >= head_pos_ && segments_.count(p->second.loc.seg)) {
+    if (p->second.low >= head_pos_) {
       start = p->second.low;
-      loc = p->second.loc;
-    } else if (p->second.low >= head_pos_) {
-      start = p->second.low;  // past every segment: at the tail
-      loc = {start, 0, start};
+      loc = segments_.count(p->second.loc.seg) ? p->second.loc : locate(start);
     }
     persisted_.erase(p);
   }
@@ -963,9 +967,17 @@ void FileChannel::journal(const std::string& consumer, std::string state) {
 bool FileChannel::journalUsable(const PersistedCursor& pc) const {
   if (pc.low < head_pos_ || pc.next > tail_pos_) return false;
   for (const auto& r : pc.uncommitted) {
-    if (r.begin < head_pos_ || r.end > pc.next || !segments_.count(r.loc.seg)) return false;
+    if (r.begin < head_pos_ || r.end > pc.next) return false;
   }
   return true;
+}
+
+Loc FileChannel::locate(uint64_t pos) const {
+  // Segments are named by their first event: the one holding pos is the last named <= pos.
+  auto it = segments_.upper_bound(pos);
+  if (it == segments_.begin()) return {pos, 0, pos};
+  --it;
+  return {it->first, 0, it->first};
 }
 
 // Start-up: a journal entry newer than (or as new as) a cursor file replaces it.

@@ -308,6 +308,8 @@ class FileChannel final : public Channel {
   // Appends the cursor's exact state to the log (the commit journal, see above).
   void journal(const std::string& consumer, std::string state);
   bool journalUsable(const PersistedCursor& pc) const;
+  // The start of the segment that holds event pos (collect skips the records before pos).
+  Loc locate(uint64_t pos) const;
   void mergeJournal();
   void writeCursor(FileCursor* c);
   uint64_t heldLow() const;
