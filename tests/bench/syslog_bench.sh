@@ -8,11 +8,14 @@
 # (apt-get download + dpkg -x) into a cache directory, never installed.
 #
 # Usage: tests/bench/syslog_bench.sh [sluice-binary] [messages]   (default: build/default/sluice, 1000000)
-# Prints one line per (receiver, transport). Asserts nothing.
+#   RUNS=5 (default 3): every (receiver, transport) pair is measured RUNS times, interleaved, and
+#   the medians are printed at the end. Prints one line per run and pair. Asserts nothing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SLUICE="${1:-build/default/sluice}"
 N="${2:-1000000}"
+RUNS="${RUNS:-3}"
+MODES="${MODES:-tcp-lf tcp-octet udp}"
 SIZE="${SIZE:-256}"
 CACHE="${LOGGEN_CACHE:-build/loggen-cache}"
 work="$(mktemp -d /tmp/sluice-syslog-bench.XXXXXX)"
@@ -61,6 +64,22 @@ print(f"{recv:8s} {mode:10s} received {count:>9d}  {rate:>10.0f} msg/s  {per_m:6
 PY
 }
 
+# Medians over the runs of every (receiver, transport) line printed by report().
+summary() {
+  python3 - "$1" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) < 8 or f[2] != "received": continue
+    rows.setdefault((f[0], f[1]), []).append((int(f[3]), float(f[4]), float(f[6])))
+for (recv, mode), v in rows.items():
+    print(f"{recv:8s} {mode:10s} runs {len(v)}  received min {min(x[0] for x in v):>9d}  "
+          f"median {statistics.median(x[1] for x in v):>10.0f} msg/s  "
+          f"{statistics.median(x[2] for x in v):6.2f} CPU s per 1M msgs")
+PY
+}
+
 # ---- sluice ----
 run_sluice() {  # mode
   local mode="$1" tcp udp cfg status c0 t0 res
@@ -98,6 +117,10 @@ YAML
   send "$mode" "$tcp" "$udp"
   res=$(wait_count "$count_cmd")
   report sluice "$mode" ${res% *} "$t0" ${res#* } "$c0" "$(cpu_ticks "$pid")" "$clk"
+  if [ "${res% *}" -lt "$N" ]; then
+    echo "sluice received ${res% *} of $N; its log:" >&2
+    tail -n 20 "$work/sluice.err" >&2
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -144,7 +167,12 @@ send() {  # mode tcp udp
 }
 
 echo "syslog bench: $N messages of $SIZE bytes per run; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
-for mode in tcp-lf tcp-octet udp; do
-  run_sluice "$mode"
-  run_rsyslog "$mode"
+for run in $(seq "$RUNS"); do
+  echo "-- run $run of $RUNS"
+  for mode in $MODES; do
+    run_sluice "$mode" | tee -a "$work/results"
+    run_rsyslog "$mode" | tee -a "$work/results"
+  done
 done
+echo "-- medians of $RUNS runs"
+summary "$work/results"

@@ -460,6 +460,26 @@ TEST_CASE("syslog: a stalled sink slows a TCP sender down; nothing is lost when 
   // then the sender is blocked: the backpressure reached it through TCP.
   INFO("messages sent before blocking: " << next);
   REQUIRE(blocked);
+  // And it stays held back: for two more seconds the sender gets no further than the kernel's
+  // socket buffers let it (a few MiB at most); a source that kept reading while its channel is
+  // full would take everything the sender can write (tens of MiB).
+  std::string more = partial;  // the message the sender was blocked in comes first
+  size_t extra = 0;
+  for (auto until = std::chrono::steady_clock::now() + 2s;
+       std::chrono::steady_clock::now() < until;) {
+    if (more.empty()) more = message(next++);
+    ssize_t n = send(fd, more.data(), more.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      pollfd p{fd, POLLOUT, 0};
+      poll(&p, 1, 50);
+      continue;
+    }
+    extra += static_cast<size_t>(n);
+    more.erase(0, static_cast<size_t>(n));
+  }
+  MESSAGE("bytes the blocked sender got out in two more seconds: " << extra);
+  CHECK(extra < (16u << 20));
+  partial = more;
   // When the sink resumes, the sender finishes and every message arrives exactly once, in order.
   agent.startDraining();
   fcntl(fd, F_SETFL, 0);

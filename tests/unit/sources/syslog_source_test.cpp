@@ -370,6 +370,10 @@ TEST_CASE("syslog source: a full channel blocks TCP senders; resume delivers eve
   }
   REQUIRE(blocked);
   CHECK(src->paused());
+  // And the source reads nothing more while paused: the rest stays in the kernel's buffers.
+  uint64_t read_when_paused = ctx.count("BytesReceivedCount");
+  loop.runFor(200);
+  CHECK(ctx.count("BytesReceivedCount") == read_when_paused);
   // Datagrams beyond one batch are dropped and counted while blocked.
   for (int i = 0; i < 150; ++i) udpSend(src->boundPort(1), "<13>udp " + std::to_string(i));
   CHECK(loop.runUntil([&] { return ctx.count("UdpDroppedCount") > 0; }));
