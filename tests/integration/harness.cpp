@@ -200,4 +200,11 @@ RunResult runSluice(const std::vector<std::string>& args, const TempDir& dir) {
   return {code.value_or(-1), p.out(), p.err()};
 }
 
+long long channelLowWater(const std::string& channel_dir, const TempDir& dir) {
+  auto inspect = runSluice({"channel", "inspect", channel_dir}, dir);
+  std::smatch m;
+  if (!std::regex_search(inspect.out, m, std::regex("low water ([0-9]+)"))) return -1;
+  return std::stoll(m[1]);
+}
+
 }  // namespace sluice::test

@@ -73,6 +73,11 @@ struct RunResult {
 };
 RunResult runSluice(const std::vector<std::string>& args, const TempDir& dir);
 
+// The low water of the (single) consumer of the file channel in `channel_dir`, from `sluice
+// channel inspect` (the agent must be stopped); -1 when it cannot be read. After a full drain it
+// is the number of events the channel ever got: a line put twice shows as one more.
+long long channelLowWater(const std::string& channel_dir, const TempDir& dir);
+
 std::string sluiceBinary();
 
 }  // namespace sluice::test
