@@ -1,4 +1,5 @@
 #include "sources/exec/exec_source.h"
+#include "source_fixture.h"
 
 #include <doctest/doctest.h>
 #include <spdlog/sinks/ostream_sink.h>
@@ -15,105 +16,8 @@
 namespace sluice {
 namespace {
 
-// A real uv loop with bounded runs: every wait has a deadline, so a broken source fails the test
-// instead of hanging it.
-class TestLoop {
- public:
-  TestLoop() {
-    uv_loop_init(&loop_);
-    uv_prepare_init(&loop_, &check_);
-    uv_timer_init(&loop_, &deadline_);
-    check_.data = this;
-    deadline_.data = this;
-  }
-  ~TestLoop() {
-    uv_close(reinterpret_cast<uv_handle_t*>(&check_), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&deadline_), nullptr);
-    uv_run(&loop_, UV_RUN_NOWAIT);
-    CHECK_MESSAGE(uv_loop_close(&loop_) == 0, "handles left open on the loop");
-  }
-  uv_loop_t* get() { return &loop_; }
-
-  // Runs the loop until pred() holds (checked before the loop waits for I/O) or timeout_ms passed.
-  bool runUntil(std::function<bool()> pred, uint64_t timeout_ms = 10000) {
-    if (pred()) return true;
-    pred_ = std::move(pred);
-    uv_prepare_start(&check_, [](uv_prepare_t* c) {
-      auto* self = static_cast<TestLoop*>(c->data);
-      if (self->pred_()) uv_stop(c->loop);
-    });
-    uv_timer_start(
-        &deadline_, [](uv_timer_t* t) { uv_stop(t->loop); }, timeout_ms, 0);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_prepare_stop(&check_);
-    uv_timer_stop(&deadline_);
-    bool ok = pred_();
-    pred_ = nullptr;
-    return ok;
-  }
-  // Runs the loop for a fixed window (to show that something does NOT happen).
-  void runFor(uint64_t ms) {
-    runUntil([] { return false; }, ms);
-  }
-
- private:
-  uv_loop_t loop_{};
-  uv_prepare_t check_{};
-  uv_timer_t deadline_{};
-  std::function<bool()> pred_;
-};
-
-// Collects accepted batches; can refuse with Full, and then resume the source from a timer.
-class TestContext final : public SourceContext {
- public:
-  explicit TestContext(uv_loop_t* loop) : loop_(loop), metrics_("SOURCE", name_) {
-    uv_timer_init(loop_, &resume_timer_);
-    resume_timer_.data = this;
-  }
-  ~TestContext() override {
-    uv_close(reinterpret_cast<uv_handle_t*>(&resume_timer_), nullptr);
-    uv_run(loop_, UV_RUN_NOWAIT);
-  }
-
-  uv_loop_t* loop() override { return loop_; }
-  MetricSet& metrics() override { return metrics_; }
-  const std::string& name() const override { return name_; }
-
-  OfferResult offer(Batch& batch) override {
-    ++offers;
-    bool flaky_refusal = refuse_every > 0 && offers % refuse_every == 0;
-    if (refuse || flaky_refusal) {
-      ++refused;
-      if (flaky_refusal && source != nullptr) {
-        // Room comes back later, from the loop, as a channel would signal it.
-        uv_timer_start(
-            &resume_timer_,
-            [](uv_timer_t* t) { static_cast<TestContext*>(t->data)->source->resume(); }, 1, 0);
-      }
-      return OfferResult::Full;
-    }
-    batch_sizes.push_back(batch.size());
-    for (size_t i = 0; i < batch.size(); ++i) bodies.emplace_back(batch[i].body());
-    batch.clear();
-    return OfferResult::Accepted;
-  }
-
-  uint64_t count(const std::string& counter) { return metrics_.counter(counter).value(); }
-
-  bool refuse = false;
-  uint64_t refuse_every = 0;  // refuse every n-th offer and resume 1ms later
-  Source* source = nullptr;
-  uint64_t offers = 0;
-  uint64_t refused = 0;
-  std::vector<std::string> bodies;
-  std::vector<size_t> batch_sizes;
-
- private:
-  uv_loop_t* loop_;
-  std::string name_ = "exec_test";
-  MetricSet metrics_;
-  uv_timer_t resume_timer_{};
-};
+using test::FakeSourceContext;
+using test::TestLoop;
 
 // Captures spdlog output as "level message" lines while alive.
 class LogCapture {
@@ -148,21 +52,15 @@ std::vector<std::string> numbers(int from, int to) {
   return out;
 }
 
-// Stops the source and waits for done; returns how many times done was called.
-int stopAndWait(TestLoop& loop, Source& source) {
-  int done_calls = 0;
-  source.stop([&] { ++done_calls; });
-  CHECK(loop.runUntil([&] { return done_calls > 0; }));
-  loop.runFor(5);
-  return done_calls;
-}
+// Stops the source, waits for done and runs on 5 ms; returns how many times done was called.
+int stopAndLinger(TestLoop& loop, Source& source) { return test::stopAndWait(loop, source, 5); }
 
 using Lines = std::vector<std::string>;
 
 TEST_CASE("exec: three lines, the last one unterminated") {
   LogCapture log;
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecSource src(config("printf 'a\\nb\\nc'"));
   src.start(ctx);
   CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
@@ -174,12 +72,12 @@ TEST_CASE("exec: three lines, the last one unterminated") {
   // restart is off: the source stays finished.
   loop.runFor(30);
   CHECK(ctx.count("ProcessStartCount") == 1);
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
 }
 
 TEST_CASE("exec: seq 1 100000 arrives complete, in order, in batches of batch_size") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("seq 1 100000");
   c.batch_size = 1000;
   c.batch_timeout = Millis(3600000);
@@ -189,12 +87,12 @@ TEST_CASE("exec: seq 1 100000 arrives complete, in order, in batches of batch_si
   CHECK(ctx.bodies.size() == 100000);
   CHECK(ctx.bodies == numbers(1, 100000));
   CHECK(ctx.batch_sizes == std::vector<size_t>(100, 1000));
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
 }
 
 TEST_CASE("exec: a refusing channel pauses the child; resume delivers everything") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("seq 1 200000");  // 1288895 bytes: far more than the pipe holds
   c.batch_size = 100;
   ExecSource src(c);
@@ -221,12 +119,12 @@ TEST_CASE("exec: a refusing channel pauses the child; resume delivers everything
   CHECK(*std::max_element(ctx.batch_sizes.begin(), ctx.batch_sizes.end()) <= 100);
   CHECK(ctx.count("BytesReadCount") == 1288895);
   CHECK(ctx.count("DroppedEventCount") == 0);
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
 }
 
 TEST_CASE("exec: a channel that refuses every other offer loses and duplicates nothing") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("seq 1 50000");
   c.batch_size = 64;
   c.batch_timeout = Millis(1);  // partial batches also go through the parked path
@@ -238,13 +136,13 @@ TEST_CASE("exec: a channel that refuses every other offer loses and duplicates n
   CHECK(ctx.refused > 10);
   CHECK(ctx.bodies == numbers(1, 50000));
   CHECK(*std::max_element(ctx.batch_sizes.begin(), ctx.batch_sizes.end()) <= 64);
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
 }
 
 TEST_CASE("exec: restart runs the command again after the throttle") {
   LogCapture log;
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("echo x");
   c.restart = true;
   c.restart_throttle = Millis(10);
@@ -255,13 +153,13 @@ TEST_CASE("exec: restart runs the command again after the throttle") {
   CHECK(ctx.count("ProcessExitCount") >= 2);
   CHECK(std::all_of(ctx.bodies.begin(), ctx.bodies.end(), [](auto& b) { return b == "x"; }));
   CHECK(log.contains("running 'echo x' again in 10ms"));
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
 }
 
 TEST_CASE("exec: stop terminates a running child and calls done once") {
   LogCapture log;
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("sleep 60");
   c.restart = true;
   ExecSource src(c);
@@ -283,7 +181,7 @@ TEST_CASE("exec: stop terminates a running child and calls done once") {
 TEST_CASE("exec: a child that ignores SIGTERM gets SIGKILL after the grace period") {
   LogCapture log;
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   // An ignored signal stays ignored across exec, so sleep ignores SIGTERM too.
   ExecSource src(config("trap '' TERM; echo armed-$((40+2)) >&2; sleep 60"));
   src.setKillGrace(Millis(50));
@@ -301,7 +199,7 @@ TEST_CASE("exec: a child that ignores SIGTERM gets SIGKILL after the grace perio
 
 TEST_CASE("exec: stop kills a whole shell pipeline") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecSource src(config("sleep 60 | cat; echo after"));
   src.start(ctx);
   loop.runFor(20);
@@ -313,7 +211,7 @@ TEST_CASE("exec: stop kills a whole shell pipeline") {
 
 TEST_CASE("exec: the source may be destroyed from done while `yes` floods it") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("yes");
   c.batch_size = 500;
   auto src = std::make_unique<ExecSource>(c);
@@ -335,7 +233,7 @@ TEST_CASE("exec: the source may be destroyed from done while `yes` floods it") {
 TEST_CASE("exec: events refused at stop are counted and logged as dropped") {
   LogCapture log;
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("yes");
   c.batch_size = 100;
   ExecSource src(c);
@@ -344,7 +242,7 @@ TEST_CASE("exec: events refused at stop are counted and logged as dropped") {
   CHECK(loop.runUntil([&] { return ctx.refused >= 1; }));
   size_t held = src.heldEvents();
   CHECK(held >= 100);
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
   // The parked events, plus at most one unfinished line read so far.
   CHECK(ctx.count("DroppedEventCount") >= held);
   CHECK(ctx.count("DroppedEventCount") <= held + 1);
@@ -355,21 +253,21 @@ TEST_CASE("exec: events refused at stop are counted and logged as dropped") {
 
 TEST_CASE("exec: stop offers the partial batch and the unfinished line") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("printf 'one\\ntw'; exec sleep 60");
   c.batch_timeout = Millis(3600000);
   ExecSource src(c);
   src.start(ctx);
   CHECK(loop.runUntil([&] { return ctx.count("BytesReadCount") == 6; }));
   CHECK(ctx.bodies.empty());
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
   CHECK(ctx.bodies == Lines{"one", "tw"});
   CHECK(ctx.count("DroppedEventCount") == 0);
 }
 
 TEST_CASE("exec: batch_timeout offers a partial batch while the child runs") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("echo a; exec sleep 60");
   c.batch_timeout = Millis(10);
   ExecSource src(c);
@@ -377,13 +275,13 @@ TEST_CASE("exec: batch_timeout offers a partial batch while the child runs") {
   CHECK(loop.runUntil([&] { return ctx.bodies.size() == 1; }));
   CHECK(ctx.bodies == Lines{"a"});
   CHECK(ctx.count("ProcessExitCount") == 0);
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
 }
 
 TEST_CASE("exec: a command that cannot be spawned is logged and retried") {
   LogCapture log;
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig c = config("/nonexistent/sluice-no-such-command --flag");
   c.shell = false;
   c.restart = false;  // spawn failures are retried anyway: the command never ran
@@ -395,13 +293,13 @@ TEST_CASE("exec: a command that cannot be spawned is logged and retried") {
   CHECK(
       log.contains("error exec source 'exec_test': cannot run "
                    "'/nonexistent/sluice-no-such-command --flag'"));
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
 }
 
 TEST_CASE("exec: an unknown command through the shell exits 127 and its stderr is logged") {
   LogCapture log;
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecSource src(config("sluice-no-such-command-xyz"));
   src.start(ctx);
   CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
@@ -410,14 +308,14 @@ TEST_CASE("exec: an unknown command through the shell exits 127 and its stderr i
   CHECK(log.contains("sluice-no-such-command-xyz"));
   CHECK(log.contains("warning exec source 'exec_test': pid"));
   CHECK(log.contains("exited with status 127"));
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
 }
 
 TEST_CASE("exec: stderr is logged per line, or discarded") {
   for (bool log_stderr : {true, false}) {
     LogCapture log;
     TestLoop loop;
-    TestContext ctx(loop.get());
+    FakeSourceContext ctx(loop.get(), "exec_test");
     ExecConfig c = config("echo err1 >&2; echo out; printf 'err2' >&2");
     c.log_stderr = log_stderr;
     ExecSource src(c);
@@ -426,14 +324,14 @@ TEST_CASE("exec: stderr is logged per line, or discarded") {
     CHECK(ctx.bodies == Lines{"out"});
     CHECK(log.contains("warning exec source 'exec_test': stderr: err1") == log_stderr);
     CHECK(log.contains("warning exec source 'exec_test': stderr: err2") == log_stderr);
-    CHECK(stopAndWait(loop, src) == 1);
+    CHECK(stopAndLinger(loop, src) == 1);
   }
 }
 
 TEST_CASE("exec: long lines are split or truncated and counted") {
   for (const char* policy : {"split", "truncate"}) {
     TestLoop loop;
-    TestContext ctx(loop.get());
+    FakeSourceContext ctx(loop.get(), "exec_test");
     ExecConfig c = config("printf 'abcdefgh\\r\\n12\\r\\nabcdefghij'");
     c.max_line_bytes = 4;
     c.on_long_line = policy;
@@ -449,7 +347,7 @@ TEST_CASE("exec: long lines are split or truncated and counted") {
       CHECK(ctx.count("LinesSplitCount") == 0);
       CHECK(ctx.count("LinesTruncatedCount") == 2);
     }
-    CHECK(stopAndWait(loop, src) == 1);
+    CHECK(stopAndLinger(loop, src) == 1);
   }
 }
 
@@ -461,14 +359,14 @@ TEST_CASE("exec: without shell the command is split on whitespace") {
   CHECK(execArgv(c) == Lines{"/bin/sh", "-c", "  printf   %s\\n\tx y "});
 
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "exec_test");
   ExecConfig d = config("printf %s\\n x 'y'");
   d.shell = false;
   ExecSource src(d);
   src.start(ctx);
   CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
   CHECK(ctx.bodies == Lines{"x", "'y'"});  // no quoting without a shell
-  CHECK(stopAndWait(loop, src) == 1);
+  CHECK(stopAndLinger(loop, src) == 1);
 }
 
 TEST_CASE("exec: stop before start and destruction without start are safe") {

@@ -1,4 +1,5 @@
 #include "sources/spooldir/spooldir_source.h"
+#include "source_fixture.h"
 
 #include <doctest/doctest.h>
 #include <rapidcheck.h>
@@ -19,6 +20,9 @@ namespace sluice {
 namespace {
 
 namespace fs = std::filesystem;
+using test::FakeSourceContext;
+using test::stopAndWait;
+using test::TestLoop;
 using Lines = std::vector<std::string>;
 
 class SpoolTempDir {
@@ -58,146 +62,6 @@ void drop(const SpoolTempDir& staging, const std::string& dir, const std::string
   fs::rename(tmp, dir + "/" + name);
 }
 
-class SpoolLoop {
- public:
-  SpoolLoop() {
-    uv_loop_init(&loop_);
-    uv_prepare_init(&loop_, &check_);
-    uv_timer_init(&loop_, &deadline_);
-    check_.data = this;
-  }
-  ~SpoolLoop() {
-    uv_close(reinterpret_cast<uv_handle_t*>(&check_), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&deadline_), nullptr);
-    uv_run(&loop_, UV_RUN_NOWAIT);
-    CHECK_MESSAGE(uv_loop_close(&loop_) == 0, "handles left open on the loop");
-  }
-  uv_loop_t* get() { return &loop_; }
-  bool runUntil(std::function<bool()> pred, uint64_t timeout_ms = 10000) {
-    if (pred()) return true;
-    pred_ = std::move(pred);
-    uv_prepare_start(&check_, [](uv_prepare_t* c) {
-      if (static_cast<SpoolLoop*>(c->data)->pred_()) uv_stop(c->loop);
-    });
-    uv_timer_start(
-        &deadline_, [](uv_timer_t* t) { uv_stop(t->loop); }, timeout_ms, 0);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_prepare_stop(&check_);
-    uv_timer_stop(&deadline_);
-    bool ok = pred_();
-    pred_ = nullptr;
-    return ok;
-  }
-  void runFor(uint64_t ms) {
-    runUntil([] { return false; }, ms);
-  }
-
- private:
-  uv_loop_t loop_{};
-  uv_prepare_t check_{};
-  uv_timer_t deadline_{};
-  std::function<bool()> pred_;
-};
-
-// A context that behaves like a file channel for positions: each accepted batch is a record
-// holding its events and its positions; records become durable on makeDurable() (or at once
-// with auto_durable) and only durable positions are visible; crash() loses what is not durable.
-class SpoolContext final : public SourceContext {
- public:
-  explicit SpoolContext(uv_loop_t* loop) : loop_(loop), metrics_("SOURCE", name_) {
-    uv_timer_init(loop_, &resume_timer_);
-    resume_timer_.data = this;
-  }
-  ~SpoolContext() override {
-    uv_close(reinterpret_cast<uv_handle_t*>(&resume_timer_), nullptr);
-    uv_run(loop_, UV_RUN_NOWAIT);
-  }
-  uv_loop_t* loop() override { return loop_; }
-  MetricSet& metrics() override { return metrics_; }
-  const std::string& name() const override { return name_; }
-  OfferResult offer(Batch& batch) override { return offerWithPositions(batch, {}); }
-  OfferResult offerWithPositions(Batch& batch,
-                                 std::vector<std::pair<std::string, std::string>> pos) override {
-    ++offers;
-    if (refuse || (refuse_every > 0 && offers % refuse_every == 0)) {
-      ++refused;
-      if (!refuse && source != nullptr) {
-        uv_timer_start(
-            &resume_timer_,
-            [](uv_timer_t* t) { static_cast<SpoolContext*>(t->data)->source->resume(); }, 1, 0);
-      }
-      return OfferResult::Full;
-    }
-    Record r;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      r.bodies.emplace_back(batch[i].body());
-      std::string h;
-      batch[i].forEachHeader([&](std::string_view k, std::string_view v) {
-        h += std::string(k) + "=" + std::string(v) + ";";
-      });
-      r.headers.push_back(h);
-    }
-    r.positions = std::move(pos);
-    pending_.push_back(std::move(r));
-    if (auto_durable) makeDurable();
-    batch.clear();
-    return OfferResult::Accepted;
-  }
-  std::vector<std::string> durablePositions(const std::string& key) override {
-    if (!keeps_positions) return {};
-    auto it = durable_positions_.find(key);
-    if (it == durable_positions_.end()) return {};
-    return {it->second};
-  }
-
-  void makeDurable() {
-    for (auto& r : pending_) {
-      for (auto& [k, v] : r.positions) durable_positions_[k] = v;
-      durable_.push_back(std::move(r));
-    }
-    pending_.clear();
-  }
-  void crash() { pending_.clear(); }
-  // Every event the channel holds: durable ones, then pending ones.
-  Lines bodies() const {
-    Lines out;
-    for (const auto* list : {&durable_, &pending_}) {
-      for (const auto& r : *list) out.insert(out.end(), r.bodies.begin(), r.bodies.end());
-    }
-    return out;
-  }
-  Lines headers() const {
-    Lines out;
-    for (const auto& r : durable_) out.insert(out.end(), r.headers.begin(), r.headers.end());
-    return out;
-  }
-  void setDurablePosition(const std::string& key, const std::string& value) {
-    durable_positions_[key] = value;
-  }
-  uint64_t count(const std::string& c) { return metrics_.counter(c).value(); }
-
-  bool auto_durable = true;
-  bool keeps_positions = true;
-  bool refuse = false;
-  uint64_t refuse_every = 0;
-  uint64_t offers = 0;
-  uint64_t refused = 0;
-  Source* source = nullptr;
-
- private:
-  struct Record {
-    Lines bodies;
-    Lines headers;
-    std::vector<std::pair<std::string, std::string>> positions;
-  };
-  uv_loop_t* loop_;
-  std::string name_ = "spool_test";
-  MetricSet metrics_;
-  uv_timer_t resume_timer_{};
-  std::vector<Record> durable_, pending_;
-  std::map<std::string, std::string> durable_positions_;
-};
-
 SpooldirConfig spoolConfig(const std::string& dir) {
   SpooldirConfig c;
   c.path = dir;
@@ -205,18 +69,12 @@ SpooldirConfig spoolConfig(const std::string& dir) {
   return c;
 }
 
-void stopAndWait(SpoolLoop& loop, Source& src) {
-  bool done = false;
-  src.stop([&] { done = true; });
-  CHECK(loop.runUntil([&] { return done; }));
-}
-
 bool exists(const std::string& p) { return fs::exists(fs::symlink_status(p)); }
 
 // A started source with its loop and context; stops it at the end of the scope.
 struct Rig {
   explicit Rig(SpooldirConfig c, std::string state = "")
-      : ctx(loop.get()),
+      : ctx(loop.get(), "spool_test"),
         src(std::make_unique<SpooldirSource>(std::move(c),
                                              state.empty() ? staging.file("state") : state)) {
     ctx.source = src.get();
@@ -232,8 +90,8 @@ struct Rig {
     return loop.runUntil([&] { return ctx.count("FilesCompletedCount") >= n && src->idle(); });
   }
   SpoolTempDir staging;
-  SpoolLoop loop;
-  SpoolContext ctx;
+  TestLoop loop;
+  FakeSourceContext ctx;
   std::unique_ptr<SpooldirSource> src;
   bool started = false;
 };
@@ -251,7 +109,7 @@ TEST_CASE("spooldir: lines of files in mtime order; CRLF, last line, empty file;
   Rig rig(spoolConfig(dir.path()));
   rig.start();
   REQUIRE(rig.waitCompleted(3));
-  CHECK(rig.ctx.bodies() == Lines{"c1", "c2", "a1", "a2", "", "a4"});
+  CHECK(rig.ctx.bodies == Lines{"c1", "c2", "a1", "a2", "", "a4"});
   for (const char* n : {"a.log", "b.log", "c.log"}) {
     CHECK(!exists(dir.file(n)));
     CHECK(exists(dir.file(std::string(n) + ".COMPLETED")));
@@ -272,10 +130,10 @@ TEST_CASE("spooldir: a file dropped while running is picked up; youngest order; 
   Rig rig(c);
   rig.start();
   REQUIRE(rig.waitCompleted(2));
-  CHECK(rig.ctx.bodies() == Lines{"new", "old"});
+  CHECK(rig.ctx.bodies == Lines{"new", "old"});
   drop(rig.staging, dir.path(), "later", "x\ny\n");
   REQUIRE(rig.waitCompleted(3));
-  CHECK(rig.ctx.bodies() == Lines{"new", "old", "x", "y"});
+  CHECK(rig.ctx.bodies == Lines{"new", "old", "x", "y"});
   CHECK(fs::is_empty(dir.path()));  // deleted, not renamed
 }
 
@@ -289,7 +147,7 @@ TEST_CASE("spooldir: resumes mid-file from the durable position, nothing twice")
   rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
   rig.start();
   REQUIRE(rig.waitCompleted(1));
-  CHECK(rig.ctx.bodies() == Lines{"l3", "l4"});
+  CHECK(rig.ctx.bodies == Lines{"l3", "l4"});
 }
 
 TEST_CASE("spooldir: a crash between the last put and the rename only completes the file") {
@@ -302,7 +160,7 @@ TEST_CASE("spooldir: a crash between the last put and the rename only completes 
   rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
   rig.start();
   REQUIRE(rig.waitCompleted(1));
-  CHECK(rig.ctx.bodies().empty());
+  CHECK(rig.ctx.bodies.empty());
   CHECK(exists(dir.file("f.COMPLETED")));
 }
 
@@ -318,7 +176,7 @@ TEST_CASE("spooldir: a file changed since its durable position fails; others go 
   rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
   rig.start();
   REQUIRE(rig.waitCompleted(1));
-  CHECK(rig.ctx.bodies() == Lines{"g1"});
+  CHECK(rig.ctx.bodies == Lines{"g1"});
   CHECK(exists(dir.file("f.FAILED")));
   CHECK(rig.ctx.count("FilesFailedCount") == 1);
 }
@@ -345,7 +203,7 @@ TEST_CASE("spooldir: a file that grows while it is read fails, the lines read st
   REQUIRE(rig.loop.runUntil([&] { return rig.ctx.count("FilesFailedCount") == 1; }));
   CHECK(exists(dir.file("f.FAILED")));
   CHECK(rig.ctx.count("FilesCompletedCount") == 0);
-  Lines got = rig.ctx.bodies();
+  Lines got = rig.ctx.bodies;
   CHECK(got.size() < 100000);
   for (size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == "line " + std::to_string(i));
 
@@ -356,7 +214,7 @@ TEST_CASE("spooldir: a file that grows while it is read fails, the lines read st
   SpooldirSource again(c, rig.staging.file("state"));
   again.start(rig.ctx);
   REQUIRE(rig.loop.runUntil([&] { return rig.ctx.count("FilesCompletedCount") == 1; }));
-  CHECK(rig.ctx.bodies().back() == "fixed");
+  CHECK(rig.ctx.bodies.back() == "fixed");
   CHECK(rig.ctx.count("FilesFailedCount") == 1);
   stopAndWait(rig.loop, again);
 }
@@ -369,7 +227,7 @@ TEST_CASE("spooldir: a reused name is ingested and completed under a unique name
   Rig rig(spoolConfig(dir.path()));
   rig.start();
   REQUIRE(rig.waitCompleted(1));
-  CHECK(rig.ctx.bodies() == Lines{"new"});
+  CHECK(rig.ctx.bodies == Lines{"new"});
   CHECK(readAll(dir.file("f.COMPLETED")) == "old\n");
   CHECK(readAll(dir.file("f.2.COMPLETED")) == "new\n");
 }
@@ -389,7 +247,7 @@ TEST_CASE("spooldir: an unreadable file is moved aside") {
   }
   CHECK(rig.loop.runUntil([&] { return rig.ctx.count("FilesFailedCount") == 1; }));
   CHECK(exists(dir.file("secret.FAILED")));
-  CHECK(rig.ctx.bodies() == Lines{"y"});
+  CHECK(rig.ctx.bodies == Lines{"y"});
 }
 
 TEST_CASE("spooldir: long lines are split or truncated; counted") {
@@ -408,7 +266,7 @@ TEST_CASE("spooldir: long lines are split or truncated; counted") {
     }
     want.push_back("end");
     for (const char* piece : {"xxxxxxxxxx", "xxxxxxxxxx", "xxxxx"}) want.push_back(piece);
-    CHECK(rig.ctx.bodies() == want);
+    CHECK(rig.ctx.bodies == want);
     CHECK(rig.ctx.count("LinesSplitCount") == 6);
   }
   SUBCASE("truncate, resuming after a truncated line") {
@@ -419,7 +277,7 @@ TEST_CASE("spooldir: long lines are split or truncated; counted") {
     Rig rig(c);
     rig.start();
     REQUIRE(rig.waitCompleted(1));
-    CHECK(rig.ctx.bodies() == Lines{"short", "xxxxxxxxxx", "xxxxxxxxxx", "end", "xxxxxxxxxx"});
+    CHECK(rig.ctx.bodies == Lines{"short", "xxxxxxxxxx", "xxxxxxxxxx", "end", "xxxxxxxxxx"});
     CHECK(rig.ctx.count("LinesTruncatedCount") == 3);
   }
   SUBCASE("a line of exactly max bytes with CRLF is one line") {
@@ -429,7 +287,7 @@ TEST_CASE("spooldir: long lines are split or truncated; counted") {
     Rig rig(c);
     rig.start();
     REQUIRE(rig.waitCompleted(1));
-    CHECK(rig.ctx.bodies() == Lines{"0123456789", "ab"});
+    CHECK(rig.ctx.bodies == Lines{"0123456789", "ab"});
   }
 }
 
@@ -443,7 +301,7 @@ TEST_CASE("spooldir: split pieces of a huge line across chunks resume exactly") 
   Rig rig(c);
   rig.start();
   REQUIRE(rig.waitCompleted(1));
-  Lines got = rig.ctx.bodies();
+  Lines got = rig.ctx.bodies;
   REQUIRE(got.size() >= 2);
   CHECK(got.back() == "after");
   std::string joined;
@@ -463,7 +321,7 @@ TEST_CASE("spooldir: input charset conversion with replacement or failure") {
     Rig rig(c);
     rig.start();
     REQUIRE(rig.waitCompleted(1));
-    CHECK(rig.ctx.bodies() == Lines{"caf\xc3\xa9"});
+    CHECK(rig.ctx.bodies == Lines{"caf\xc3\xa9"});
   }
   SUBCASE("invalid UTF-8 replaced with U+FFFD") {
     writeFile(dir.file("f"),
@@ -474,9 +332,9 @@ TEST_CASE("spooldir: input charset conversion with replacement or failure") {
     Rig rig(c);
     rig.start();
     REQUIRE(rig.waitCompleted(1));
-    CHECK(rig.ctx.bodies() == Lines{"a\xef\xbf\xbd"
-                                    "b",
-                                    "\xef\xbf\xbd"});
+    CHECK(rig.ctx.bodies == Lines{"a\xef\xbf\xbd"
+                                  "b",
+                                  "\xef\xbf\xbd"});
     CHECK(rig.ctx.count("DecodeReplacementCount") == 2);
   }
   SUBCASE("invalid UTF-8 fails the file with on_decode_error: fail") {
@@ -494,7 +352,7 @@ TEST_CASE("spooldir: input charset conversion with replacement or failure") {
     Rig rig(spoolConfig(dir.path()));
     rig.start();
     REQUIRE(rig.waitCompleted(1));
-    CHECK(rig.ctx.bodies() == Lines{std::string("\xff\xfe\x00z", 4)});
+    CHECK(rig.ctx.bodies == Lines{std::string("\xff\xfe\x00z", 4)});
   }
 }
 
@@ -518,10 +376,10 @@ TEST_CASE("spooldir: headers, include/ignore patterns, recursive, hidden files")
   rig.start();
   REQUIRE(rig.waitCompleted(2));
   rig.loop.runFor(50);
-  Lines got = rig.ctx.bodies();
+  Lines got = rig.ctx.bodies;
   std::sort(got.begin(), got.end());
   CHECK(got == Lines{"a", "b"});
-  Lines h = rig.ctx.headers();
+  Lines h = rig.ctx.durableHeaderLines();
   std::sort(h.begin(), h.end());
   CHECK(h == Lines{"file=" + dir.file("a.log") + ";bn=a.log;",
                    "file=" + dir.file("sub/deeper/b.log") + ";bn=b.log;"});
@@ -551,7 +409,7 @@ TEST_CASE("spooldir: a refusing channel pauses reading; nothing lost or duplicat
   rig.start();
   REQUIRE(rig.waitCompleted(3));
   CHECK(rig.ctx.refused > 0);
-  CHECK(rig.ctx.bodies() == want);
+  CHECK(rig.ctx.bodies == want);
 }
 
 TEST_CASE("spooldir: without durable positions the state file carries the position") {
@@ -560,11 +418,11 @@ TEST_CASE("spooldir: without durable positions the state file carries the positi
   writeFile(dir.file("f"), "1\n2\n3\n");
   {
     Rig rig(spoolConfig(dir.path()), state.path());
-    rig.ctx.keeps_positions = false;
+    rig.ctx.keep_positions = false;
     rig.src->setDurableProbeWait(Millis(30));
     rig.start();
     REQUIRE(rig.waitCompleted(1));
-    CHECK(rig.ctx.bodies() == Lines{"1", "2", "3"});
+    CHECK(rig.ctx.bodies == Lines{"1", "2", "3"});
   }
   // The state names the completed file at its end.
   auto pos = spool::decodePosition(spool::readStateFile(state.path() + "/position").value_or(""));
@@ -581,11 +439,11 @@ TEST_CASE("spooldir: without durable positions the state file carries the positi
                                 spool::encodePosition({dir.file("g"), spool::fileIdOf(st), 2}),
                                 error));
   Rig rig(spoolConfig(dir.path()), state.path());
-  rig.ctx.keeps_positions = false;
+  rig.ctx.keep_positions = false;
   rig.src->setDurableProbeWait(Millis(30));
   rig.start();
   REQUIRE(rig.waitCompleted(1));
-  CHECK(rig.ctx.bodies() == Lines{"b", "c"});
+  CHECK(rig.ctx.bodies == Lines{"b", "c"});
 }
 
 TEST_CASE("spooldir: a file is not completed before its last put is durable") {
@@ -594,7 +452,7 @@ TEST_CASE("spooldir: a file is not completed before its last put is durable") {
   Rig rig(spoolConfig(dir.path()));
   rig.ctx.auto_durable = false;
   rig.start();
-  REQUIRE(rig.loop.runUntil([&] { return rig.ctx.bodies().size() == 2; }));
+  REQUIRE(rig.loop.runUntil([&] { return rig.ctx.bodies.size() == 2; }));
   rig.loop.runFor(50);
   CHECK(exists(dir.file("f")));  // accepted, not durable: still there
   rig.ctx.makeDurable();
@@ -610,7 +468,7 @@ TEST_CASE("spooldir: an empty completed_suffix refuses to spool; stop still comp
   Rig rig(c);
   rig.start();
   rig.loop.runFor(60);
-  CHECK(rig.ctx.bodies().empty());
+  CHECK(rig.ctx.bodies.empty());
   CHECK(exists(dir.file("f")));
 }
 
@@ -634,8 +492,8 @@ TEST_CASE("spooldir: model-based random drops, crashes, modifications (rapidchec
   bool ok = rc::check("spooldir model", [] {
     SpoolTempDir dir;
     SpoolTempDir staging;
-    SpoolLoop loop;
-    SpoolContext ctx(loop.get());
+    TestLoop loop;
+    FakeSourceContext ctx(loop.get(), "spool_test");
     ctx.auto_durable = false;
     auto c = spoolConfig(dir.path());
     c.batch_size = *rc::gen::inRange<uint64_t>(1, 5);
@@ -714,7 +572,7 @@ TEST_CASE("spooldir: model-based random drops, crashes, modifications (rapidchec
 
     std::map<std::string, Lines> got;
     std::set<std::string> seen;
-    for (const auto& b : ctx.bodies()) {
+    for (const auto& b : ctx.bodies) {
       if (b == "modified") continue;
       RC_ASSERT(seen.insert(b).second);  // never twice
       got[b.substr(0, b.find(':'))].push_back(b);

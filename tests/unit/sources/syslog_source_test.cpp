@@ -6,6 +6,7 @@
 #include "agent/diagnostics.h"
 #include "channels/memory/memory_channel.h"
 #include "sinks/null/null_sink.h"
+#include "source_fixture.h"
 
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
@@ -32,83 +33,9 @@
 namespace sluice {
 namespace {
 
-class TestLoop {
- public:
-  TestLoop() {
-    uv_loop_init(&loop_);
-    uv_prepare_init(&loop_, &check_);
-    uv_timer_init(&loop_, &deadline_);
-    check_.data = this;
-  }
-  ~TestLoop() {
-    uv_close(reinterpret_cast<uv_handle_t*>(&check_), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&deadline_), nullptr);
-    uv_run(&loop_, UV_RUN_NOWAIT);
-    CHECK_MESSAGE(uv_loop_close(&loop_) == 0, "handles left open on the loop");
-  }
-  uv_loop_t* get() { return &loop_; }
-  bool runUntil(std::function<bool()> pred, uint64_t timeout_ms = 10000) {
-    if (pred()) return true;
-    pred_ = std::move(pred);
-    uv_prepare_start(&check_, [](uv_prepare_t* c) {
-      auto* self = static_cast<TestLoop*>(c->data);
-      if (self->pred_()) uv_stop(c->loop);
-    });
-    uv_timer_start(
-        &deadline_, [](uv_timer_t* t) { uv_stop(t->loop); }, timeout_ms, 0);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_prepare_stop(&check_);
-    uv_timer_stop(&deadline_);
-    bool ok = pred_();
-    pred_ = nullptr;
-    return ok;
-  }
-  void runFor(uint64_t ms) {
-    runUntil([] { return false; }, ms);
-  }
-
- private:
-  uv_loop_t loop_{};
-  uv_prepare_t check_{};
-  uv_timer_t deadline_{};
-  std::function<bool()> pred_;
-};
-
-struct Received {
-  std::string body;
-  std::map<std::string, std::string> headers;
-};
-
-class TestContext final : public SourceContext {
- public:
-  explicit TestContext(uv_loop_t* loop) : loop_(loop), metrics_("SOURCE", name_) {}
-  uv_loop_t* loop() override { return loop_; }
-  MetricSet& metrics() override { return metrics_; }
-  const std::string& name() const override { return name_; }
-  OfferResult offer(Batch& batch) override {
-    ++offers;
-    if (refuse) return OfferResult::Full;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      Received r{std::string(batch[i].body()), {}};
-      batch[i].forEachHeader([&](std::string_view k, std::string_view v) {
-        r.headers[std::string(k)] = std::string(v);
-      });
-      events.push_back(std::move(r));
-    }
-    batch.clear();
-    return OfferResult::Accepted;
-  }
-  uint64_t count(const std::string& c) { return metrics_.counter(c).value(); }
-
-  bool refuse = false;
-  uint64_t offers = 0;
-  std::vector<Received> events;
-
- private:
-  uv_loop_t* loop_;
-  std::string name_ = "syslog_test";
-  MetricSet metrics_;
-};
+using test::FakeSourceContext;
+using test::stopAndWait;
+using test::TestLoop;
 
 SyslogConfig config(std::vector<std::string> listeners) {
   SyslogConfig c;
@@ -123,13 +50,6 @@ std::unique_ptr<SyslogSource> make(const SyslogConfig& c) {
   INFO(error);
   REQUIRE(s != nullptr);
   return s;
-}
-
-int stopAndWait(TestLoop& loop, Source& source) {
-  int done_calls = 0;
-  source.stop([&] { ++done_calls; });
-  CHECK(loop.runUntil([&] { return done_calls > 0; }));
-  return done_calls;
 }
 
 int tcpConnect(int port) {
@@ -227,7 +147,7 @@ TEST_CASE("syslog source: bad listeners and TLS files fail at config load (sluic
 
 TEST_CASE("syslog source: UDP, TCP LF, TCP octet counting and a Unix socket, with headers") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "syslog_test");
   std::string dir = tempDir();
   SyslogConfig c =
       config({"udp://127.0.0.1:0", "tcp://127.0.0.1:0", "unix://" + dir + "/log.sock"});
@@ -287,7 +207,7 @@ TEST_CASE("syslog source: UDP, TCP LF, TCP octet counting and a Unix socket, wit
 
 TEST_CASE("syslog source: malformed and oversized messages are kept, marked and counted") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "syslog_test");
   SyslogConfig c = config({"tcp://127.0.0.1:0"});
   c.max_message_size = 64;
   auto src = make(c);
@@ -311,7 +231,7 @@ TEST_CASE("syslog source: malformed and oversized messages are kept, marked and 
 
 TEST_CASE("syslog source: max_connections refuses, idle_timeout closes") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "syslog_test");
   SyslogConfig c = config({"tcp://127.0.0.1:0"});
   c.max_connections = 1;
   c.idle_timeout = Millis(50);
@@ -334,7 +254,7 @@ TEST_CASE("syslog source: max_connections refuses, idle_timeout closes") {
 
 TEST_CASE("syslog source: a full channel blocks TCP senders; resume delivers everything") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "syslog_test");
   SyslogConfig c = config({"tcp://127.0.0.1:0", "udp://127.0.0.1:0"});
   c.batch_size = 100;
   c.udp_receive_buffer = 1 << 20;
@@ -482,7 +402,7 @@ bool tlsSend(int port, const Certs& certs, bool with_client_cert, const std::str
 TEST_CASE("syslog source: TLS with client certificates; handshake failures are counted") {
   Certs certs = makeCerts();
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "syslog_test");
   SyslogConfig c = config({"tls://127.0.0.1:0"});
   c.cert_file = certs.cert;
   c.key_file = certs.key;
@@ -534,7 +454,7 @@ TEST_CASE("syslog source: reload reads the certificates again; a broken one is r
   };
   copy(first);
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "syslog_test");
   SyslogConfig c = config({"tls://127.0.0.1:0"});
   c.cert_file = dir + "/server.pem";
   c.key_file = dir + "/server.key";
@@ -575,7 +495,7 @@ TEST_CASE("syslog source: reload reads the certificates again; a broken one is r
 
 TEST_CASE("syslog source: stop keeps the partial last frame of open connections") {
   TestLoop loop;
-  TestContext ctx(loop.get());
+  FakeSourceContext ctx(loop.get(), "syslog_test");
   auto src = make(config({"tcp://127.0.0.1:0"}));
   src->start(ctx);
   int fd = tcpConnect(src->boundPort(0));

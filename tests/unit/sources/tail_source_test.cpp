@@ -3,6 +3,7 @@
 // restarts from channel positions and from the state file, and a model-based random test.
 
 #include "sources/tail/tail_source.h"
+#include "source_fixture.h"
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
@@ -29,108 +30,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A real uv loop with bounded runs: every wait has a deadline.
-class TestLoop {
- public:
-  TestLoop() {
-    uv_loop_init(&loop_);
-    uv_prepare_init(&loop_, &check_);
-    uv_timer_init(&loop_, &deadline_);
-    check_.data = this;
-    deadline_.data = this;
-  }
-  ~TestLoop() {
-    uv_close(reinterpret_cast<uv_handle_t*>(&check_), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&deadline_), nullptr);
-    uv_run(&loop_, UV_RUN_NOWAIT);
-    CHECK_MESSAGE(uv_loop_close(&loop_) == 0, "handles left open on the loop");
-  }
-  uv_loop_t* get() { return &loop_; }
+using test::FakeSourceContext;
+using test::stopAndWait;
 
-  bool runUntil(std::function<bool()> pred, uint64_t timeout_ms = 10000) {
-    if (pred()) return true;
-    pred_ = std::move(pred);
-    satisfied_ = false;
-    uv_prepare_start(&check_, [](uv_prepare_t* c) {
-      auto* self = static_cast<TestLoop*>(c->data);
-      if (self->pred_()) {
-        self->satisfied_ = true;  // the condition held (it may not hold any more at return)
-        uv_stop(c->loop);
-      }
-    });
-    uv_timer_start(
-        &deadline_, [](uv_timer_t* t) { uv_stop(t->loop); }, timeout_ms, 0);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_prepare_stop(&check_);
-    uv_timer_stop(&deadline_);
-    bool ok = satisfied_ || pred_();
-    pred_ = nullptr;
-    return ok;
-  }
-  void runFor(uint64_t ms) {
-    runUntil([] { return false; }, ms);
-  }
-
- private:
-  uv_loop_t loop_{};
-  uv_prepare_t check_{};
-  uv_timer_t deadline_{};
-  std::function<bool()> pred_;
-  bool satisfied_ = false;
-};
-
-// A context that, like the file channel, stores positions in the same step as it accepts a
-// batch (when keep_positions). `crashed` models kill -9: what is offered from then on is lost,
-// positions included. `refuse` models a full channel; resume() is the test's to call.
-class TestContext final : public SourceContext {
- public:
-  explicit TestContext(uv_loop_t* loop) : loop_(loop), metrics_("SOURCE", name_) {}
-
-  uv_loop_t* loop() override { return loop_; }
-  MetricSet& metrics() override { return metrics_; }
-  const std::string& name() const override { return name_; }
-
-  OfferResult offer(Batch& batch) override { return offerWithPositions(batch, {}); }
-  OfferResult offerWithPositions(
-      Batch& batch, std::vector<std::pair<std::string, std::string>> positions) override {
-    ++offers;
-    if (refuse) {
-      ++refused;
-      return OfferResult::Full;
-    }
-    if (!crashed) {
-      for (size_t i = 0; i < batch.size(); ++i) {
-        bodies.emplace_back(batch[i].body());
-        auto h = batch[i].header("file");
-        files.emplace_back(h ? std::string(*h) : std::string());
-      }
-      if (keep_positions) {
-        for (auto& [k, v] : positions) positions_[k] = v;
-      }
-    }
-    batch.clear();
-    return OfferResult::Accepted;
-  }
-  std::vector<std::string> durablePositions(const std::string& key) override {
-    auto it = positions_.find(key);
-    if (it == positions_.end()) return {};
-    return {it->second};
-  }
-
-  uint64_t count(const std::string& counter) { return metrics_.counter(counter).value(); }
-
-  bool keep_positions = true;
-  bool crashed = false;
-  bool refuse = false;
-  uint64_t offers = 0, refused = 0;
-  std::vector<std::string> bodies;
-  std::vector<std::string> files;
-  std::map<std::string, std::string> positions_;
-
- private:
-  uv_loop_t* loop_;
-  std::string name_ = "tail_test";
-  MetricSet metrics_;
+// Tail's waits count as met once their condition held: the loop's last turn can read on or
+// retry a refused batch and make it false again before runUntil() returns.
+struct TailLoop : test::TestLoop {
+  TailLoop() { held_once_is_enough = true; }
 };
 
 class TempDir {
@@ -176,13 +82,6 @@ TailConfig config(const TempDir& dir, std::vector<std::string> patterns = {"*.lo
   return c;
 }
 
-int stopAndWait(TestLoop& loop, Source& source) {
-  int done_calls = 0;
-  source.stop([&] { ++done_calls; });
-  CHECK(loop.runUntil([&] { return done_calls > 0; }));
-  return done_calls;
-}
-
 std::string numbered(const std::string& prefix, int from, int to) {
   std::string out;
   char buf[64];
@@ -209,8 +108,8 @@ using Lines = std::vector<std::string>;
 
 TEST_CASE("tail: lines, CRLF, and a partial last line held until the file is idle") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   append(dir.file("a.log"), "one\r\ntwo\nthr");
   TailConfig c = config(dir);
   c.partial_line_timeout = Millis(300);
@@ -219,7 +118,7 @@ TEST_CASE("tail: lines, CRLF, and a partial last line held until the file is idl
   src.start(ctx);
   CHECK(loop.runUntil([&] { return ctx.bodies.size() == 2; }));
   CHECK(ctx.bodies == Lines{"one", "two"});
-  CHECK(ctx.files[0] == dir.file("a.log"));
+  CHECK(ctx.events[0].headers["file"] == dir.file("a.log"));
   // The rest of the line comes before the timeout: one line.
   append(dir.file("a.log"), "ee\nfour");
   CHECK(loop.runUntil([&] { return ctx.bodies.size() == 3; }));
@@ -234,8 +133,8 @@ TEST_CASE("tail: lines, CRLF, and a partial last line held until the file is idl
 
 TEST_CASE("tail: start_at end skips what is there at the first start only") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   append(dir.file("a.log"), "old1\nold2\n");
   TailConfig c = config(dir);
   c.start_at = "end";
@@ -253,8 +152,8 @@ TEST_CASE("tail: start_at end skips what is there at the first start only") {
 
 TEST_CASE("tail: rename rotation finishes the old file, then follows the new one") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   TailConfig c = config(dir);
   TailSource src(c, "");
   src.start(ctx);
@@ -278,8 +177,8 @@ TEST_CASE("tail: rename rotation finishes the old file, then follows the new one
 
 TEST_CASE("tail: copytruncate: the copy continues where the original was read to") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   TailConfig c = config(dir, {"*.log", "*.log.*"});
   c.rotate_wait = Millis(300);
   TailSource src(c, "");
@@ -306,8 +205,8 @@ TEST_CASE("tail: copytruncate while a file is read half-way: no read at the old 
   // that offset would hand over new lines out of order, save a wrong offset for the copy and
   // deliver part of the new lines twice.
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   TailConfig c = config(dir, {"*.log", "*.log.*"});
   c.watch = false;  // the poll alone: nothing depends on when inotify events arrive
   c.batch_size = 10;
@@ -335,8 +234,8 @@ TEST_CASE("tail: copytruncate while a file is read half-way: no read at the old 
 
 TEST_CASE("tail: truncation restarts at 0; deletion while open reads to the end") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   TailConfig c = config(dir);
   TailSource src(c, "");
   src.start(ctx);
@@ -370,8 +269,8 @@ TEST_CASE("tail: truncation restarts at 0; deletion while open reads to the end"
 
 TEST_CASE("tail: a refusing channel stops reading; resume delivers all, once, in order") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   append(dir.file("a.log"), numbered("a", 1, 20000));
   TailConfig c = config(dir);
   c.batch_size = 50;
@@ -391,8 +290,8 @@ TEST_CASE("tail: a refusing channel stops reading; resume delivers all, once, in
 
 TEST_CASE("tail: restart resumes from the channel's positions; no loss, no duplicate") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   TailConfig c = config(dir);
   append(dir.file("a.log"), numbered("a", 1, 100));
   {
@@ -418,8 +317,8 @@ TEST_CASE("tail: restart resumes from the channel's positions; no loss, no dupli
 
 TEST_CASE("tail: without channel positions the state file carries them across a restart") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   ctx.keep_positions = false;  // a memory channel
   TailConfig c = config(dir);
   std::string state = dir.file("state/tail.json");
@@ -446,8 +345,8 @@ TEST_CASE("tail: without channel positions the state file carries them across a 
 
 TEST_CASE("tail: a reused inode with other content is a new file") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   TailConfig c = config(dir);
   append(dir.file("a.log"), numbered("a", 1, 5));
   {
@@ -472,8 +371,8 @@ TEST_CASE("tail: a reused inode with other content is a new file") {
 
 TEST_CASE("tail: long lines are split or truncated") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   TailConfig c = config(dir);
   c.max_line_bytes = 10;
   append(dir.file("a.log"), std::string(25, 'x') + "\nshort\n" + std::string(12, 'y'));
@@ -502,8 +401,8 @@ TEST_CASE("tail: long lines are split or truncated") {
 
 TEST_CASE("tail: multi-line events by start pattern, bounded, flushed when idle") {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   TailConfig c = config(dir);
   std::string error;
   c.multiline_start = Regex{"^\\d{4}-", compileRegex("^\\d{4}-", error)};
@@ -557,8 +456,8 @@ struct Model {
 bool runModel(const std::vector<std::tuple<uint8_t, uint8_t, uint8_t>>& ops, bool watch,
               uint64_t batch_size, std::string& why) {
   TempDir dir;
-  TestLoop loop;
-  TestContext ctx(loop.get());
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
   TailConfig c = config(dir, {"*.log", "*.log.*"});
   c.watch = watch;
   c.batch_size = batch_size;
@@ -646,9 +545,9 @@ bool runModel(const std::vector<std::tuple<uint8_t, uint8_t, uint8_t>>& ops, boo
         break;
       }
       case 7: {  // crash and restart
-        ctx.crashed = true;
+        ctx.lose_offers = true;
         stopSource();
-        ctx.crashed = false;
+        ctx.lose_offers = false;
         src = std::make_unique<TailSource>(c, "");
         src->start(ctx);
         break;
