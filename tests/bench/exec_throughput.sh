@@ -44,7 +44,7 @@ sinks:
     channel: mem
 YAML
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+. tests/bench/lib.sh
 
 : > "$WORK/sluice.runs"
 : > "$WORK/cat.runs"
@@ -54,29 +54,8 @@ for run in $(seq 1 "$RUNS"); do
   read -r wall user sys rss < "$WORK/cat.time"
   echo "$wall $user $sys $rss" >> "$WORK/cat.runs"
 
-  start=$(date +%s.%N)
-  /usr/bin/time -f '%e %U %S %M' -o "$WORK/sluice.time" \
-    "$BIN" run -c "$WORK/bench.yaml" --log-level info 2> "$WORK/sluice.err" &
-  timer_pid=$!
-  port=""
-  for _ in $(seq 1 500); do
-    port=$(grep -o 'port [0-9]*)' "$WORK/sluice.err" 2>/dev/null | grep -o '[0-9]*' || true)
-    [ -n "$port" ] && break
-    sleep 0.01
-  done
-  [ -n "$port" ] || { cat "$WORK/sluice.err" >&2; exit 1; }
-  while true; do
-    done_count=$(curl -s "http://127.0.0.1:$port/metrics" |
-      awk '/^sluice_sink_event_drain_success_total\{name="discard"\}/ {print $2}')
-    [ "${done_count:-0}" -ge "$LINES" ] && break
-    sleep 0.05
-  done
-  end=$(date +%s.%N)
-  pkill -TERM -P "$timer_pid" sluice || kill -TERM "$(pgrep -P "$timer_pid")"
-  wait "$timer_pid"
-  read -r _ user sys rss < "$WORK/sluice.time"
-  wall=$(echo "$end - $start" | bc -l)
-  echo "$wall $user $sys $rss" >> "$WORK/sluice.runs"
+  time_agent "$BIN" "$WORK/bench.yaml" "$WORK/sluice.err" "$LINES" >> "$WORK/sluice.runs"
+  read -r wall user sys rss < <(tail -1 "$WORK/sluice.runs")
   echo "run $run: sluice ${wall}s (user ${user}s sys ${sys}s, peak RSS ${rss} KiB); cat alone $(cut -d' ' -f1 "$WORK/cat.time")s" >&2
 done
 

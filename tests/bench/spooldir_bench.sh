@@ -5,12 +5,12 @@
 # Prints wall time, lines per wall second, lines per CPU second (user+sys of the whole agent)
 # and peak RSS, the median of RUNS runs, next to `wc -l FILE` measured in the same runs.
 #
-#   tests/bench/spooldir_bench.sh                        # build/spooldir/sluice, 3 runs, 1 GB
+#   tests/bench/spooldir_bench.sh                        # build/default/sluice, 3 runs, 1 GB
 #   RUNS=1 MB=100 SLUICE_BIN=build/default/sluice tests/bench/spooldir_bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-BIN=${SLUICE_BIN:-build/spooldir/sluice}
+BIN=${SLUICE_BIN:-build/default/sluice}
 RUNS=${RUNS:-3}
 MB=${MB:-1024}
 WORK=${BENCH_DIR:-build/bench-spooldir}
@@ -68,11 +68,7 @@ sinks:
 YAML
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-
-metric() {  # $1 port, $2 prometheus series prefix
-  curl -s "http://127.0.0.1:$1/metrics" | awk -v k="$2" 'index($0, k) == 1 {print $2}'
-}
+. tests/bench/lib.sh
 
 run_one() {  # $1: memory|file ; appends "wall user sys rss" to $WORK/$1.runs
   local kind=$1
@@ -80,29 +76,7 @@ run_one() {  # $1: memory|file ; appends "wall user sys rss" to $WORK/$1.runs
   mkdir -p "$WORK/spool"
   ln "$DATA" "$WORK/spool/access.log"  # a hard link: the completion rename leaves $DATA alone
   config "$kind" > "$WORK/$kind.yaml"
-  local start end port="" timer_pid agent_pid
-  start=$(date +%s.%N)
-  /usr/bin/time -f '%e %U %S %M' -o "$WORK/$kind.time" \
-    "$BIN" run -c "$WORK/$kind.yaml" --log-level info 2> "$WORK/$kind.err" &
-  timer_pid=$!
-  for _ in $(seq 1 500); do
-    port=$(grep -o 'port [0-9]*)' "$WORK/$kind.err" 2>/dev/null | grep -o '[0-9]*' || true)
-    [ -n "$port" ] && break
-    sleep 0.01
-  done
-  [ -n "$port" ] || { cat "$WORK/$kind.err" >&2; exit 1; }
-  while true; do
-    done_count=$(metric "$port" 'sluice_sink_event_drain_success_total{name="discard"}')
-    [ "${done_count:-0}" -ge "$LINES" ] && break
-    sleep 0.05
-  done
-  end=$(date +%s.%N)
-  agent_pid=$(pgrep -P "$timer_pid")
-  kill -TERM "$agent_pid"
-  wait "$timer_pid"
-  local user sys rss
-  read -r _ user sys rss < "$WORK/$kind.time"
-  echo "$(echo "$end - $start" | bc -l) $user $sys $rss" >> "$WORK/$kind.runs"
+  time_agent "$BIN" "$WORK/$kind.yaml" "$WORK/$kind.err" "$LINES" >> "$WORK/$kind.runs"
   # With a memory channel the first file of a run is completed up to 2 s after its last line
   # (the source waits that long to learn that no channel keeps positions; docs/spooldir.md), so
   # only the file channel run is expected to have completed it by now.

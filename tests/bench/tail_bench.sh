@@ -72,37 +72,15 @@ sinks:
 YAML
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+. tests/bench/lib.sh
 
 run_sluice() {  # $1: memory|file; appends "wall user sys rss" to $WORK/$1.runs
   local kind=$1
   rm -rf "$WORK/data"
   config "$kind" > "$WORK/$kind.yaml"
-  local start end port timer_pid done_count
-  start=$(date +%s.%N)
-  /usr/bin/time -f '%e %U %S %M' -o "$WORK/$kind.time" \
-    "$BIN" run -c "$WORK/$kind.yaml" --log-level info 2> "$WORK/$kind.err" &
-  timer_pid=$!
-  port=""
-  for _ in $(seq 1 500); do
-    port=$(grep -o 'port [0-9]*)' "$WORK/$kind.err" 2>/dev/null | grep -o '[0-9]*' || true)
-    [ -n "$port" ] && break
-    sleep 0.01
-  done
-  [ -n "$port" ] || { cat "$WORK/$kind.err" >&2; exit 1; }
-  while true; do
-    done_count=$(curl -s "http://127.0.0.1:$port/metrics" |
-      awk '/^sluice_sink_event_drain_success_total\{name="discard"\}/ {print $2}')
-    [ "${done_count:-0}" -ge "$LINES" ] && break
-    sleep 0.05
-  done
-  end=$(date +%s.%N)
-  pkill -TERM -P "$timer_pid" sluice || kill -TERM "$(pgrep -P "$timer_pid")"
-  wait "$timer_pid"
-  local user sys rss wall
-  read -r _ user sys rss < "$WORK/$kind.time"
-  wall=$(echo "$end - $start" | bc -l)
-  echo "$wall $user $sys $rss" >> "$WORK/$kind.runs"
+  local wall user sys rss
+  time_agent "$BIN" "$WORK/$kind.yaml" "$WORK/$kind.err" "$LINES" >> "$WORK/$kind.runs"
+  read -r wall user sys rss < <(tail -1 "$WORK/$kind.runs")
   echo "  $kind: ${wall}s (user ${user}s sys ${sys}s, peak RSS ${rss} KiB)" >&2
 }
 
