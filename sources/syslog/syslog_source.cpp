@@ -19,6 +19,9 @@ namespace {
 
 constexpr size_t kReadBytes = 64 * 1024;
 constexpr size_t kDatagramBytes = 64 * 1024;
+// UDP listeners read up to this many datagrams per system call (recvmmsg through libuv). The
+// buffer is allocated without being touched: only the pages datagrams land in become resident.
+constexpr size_t kDatagramsPerRead = 16;
 constexpr int kBacklog = 128;
 // Datagrams read from a Unix socket per poll callback: other handles get their turn.
 constexpr int kUnixReadsPerWakeup = 64;
@@ -406,7 +409,8 @@ void SyslogSource::openListener(Listener& l) {
                                                                   : "tls://") +
                     a.host + ":" + std::to_string(a.port);
   if (a.kind == SyslogListenerAddress::Kind::Udp) {
-    uv_udp_init(loop_, &l.udp);
+    uv_udp_init_ex(loop_, &l.udp, AF_UNSPEC | UV_UDP_RECVMMSG);
+    if (!udp_buf_) udp_buf_.reset(new char[kDatagramBytes * kDatagramsPerRead]);
     l.udp.data = &l;
     l.open = true;
     ++open_handles_;
@@ -420,7 +424,10 @@ void SyslogSource::openListener(Listener& l) {
           &l.udp,
           [](uv_handle_t* h, size_t, uv_buf_t* buf) {
             auto* self = static_cast<Listener*>(h->data)->self;
-            *buf = uv_buf_init(self->datagram_buf_.data(), kDatagramBytes);
+            // Room for several datagrams: libuv then reads them with one recvmmsg and calls
+            // back once per datagram (UV_UDP_MMSG_CHUNK), then once with no address.
+            *buf = uv_buf_init(self->udp_buf_.get(),
+                               static_cast<unsigned>(kDatagramBytes * kDatagramsPerRead));
           },
           [](uv_udp_t* h, ssize_t nread, const uv_buf_t* buf, const struct sockaddr* addr,
              unsigned flags) {

@@ -161,6 +161,7 @@ class SyslogSource final : public Source {
   bool blocked_ = false;
   uv_timer_t batch_timer_{};
   std::vector<char> datagram_buf_;
+  std::unique_ptr<char[]> udp_buf_;  // recvmmsg target of the UDP listeners, when there are any
 
   int open_handles_ = 0;
   bool started_ = false;

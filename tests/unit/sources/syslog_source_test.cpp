@@ -229,6 +229,52 @@ TEST_CASE("syslog source: malformed and oversized messages are kept, marked and 
   CHECK(stopAndWait(loop, *src) == 1);
 }
 
+TEST_CASE("syslog source: datagrams queued together are read in bulk, each whole and in order") {
+  TestLoop loop;
+  FakeSourceContext ctx(loop.get(), "syslog_test");
+  SyslogConfig c = config({"udp://127.0.0.1:0"});
+  c.client_headers = true;
+  c.udp_receive_buffer = 1 << 20;
+  auto src = make(c);
+  src->start(ctx);
+  // Given 100 datagrams of different sizes waiting in the socket before the loop runs (so one
+  // read returns many of them), from two senders,
+  int other = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(src->boundPort(0)));
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::vector<std::string> sent;
+  for (int i = 0; i < 100; ++i) {
+    std::string m = "<13>dgram " + std::to_string(i) + " " +
+                    std::string(static_cast<size_t>(i * 97 % 3000), 'x');
+    sent.push_back(m.substr(4));
+    if (i % 2) {
+      REQUIRE(sendto(other, m.data(), m.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to)) ==
+              static_cast<ssize_t>(m.size()));
+    } else {
+      udpSend(src->boundPort(0), m);
+    }
+  }
+  sockaddr_in mine{};
+  socklen_t len = sizeof(mine);
+  getsockname(other, reinterpret_cast<sockaddr*>(&mine), &len);
+  // then every one arrives whole, in order, with its own sender's port.
+  REQUIRE(loop.runUntil([&] { return ctx.events.size() == 100; }));
+  for (int i = 0; i < 100; ++i) {
+    CHECK(ctx.events[static_cast<size_t>(i)].body == sent[static_cast<size_t>(i)]);
+    if (i % 2) {
+      CHECK(ctx.events[static_cast<size_t>(i)].headers["client.port"] ==
+            std::to_string(ntohs(mine.sin_port)));
+    } else {
+      CHECK(ctx.events[static_cast<size_t>(i)].headers["client.port"] !=
+            std::to_string(ntohs(mine.sin_port)));
+    }
+  }
+  close(other);
+  CHECK(stopAndWait(loop, *src) == 1);
+}
+
 TEST_CASE("syslog source: max_connections refuses, idle_timeout closes") {
   TestLoop loop;
   FakeSourceContext ctx(loop.get(), "syslog_test");
