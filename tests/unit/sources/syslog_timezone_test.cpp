@@ -107,6 +107,9 @@ TEST_CASE("syslog timezone: an IANA name, by the message's own date (summer, win
   CHECK(error.find("unknown time zone 'Europe/Berln'") != std::string::npos);
   CHECK_FALSE(SyslogTimeZone::resolve("../../etc/passwd", error));
   CHECK_FALSE(SyslogTimeZone::resolve("/etc/passwd", error));
+  // CCTZ's own prefixes are not zone names ("libc:" would go through the process's TZ).
+  CHECK_FALSE(SyslogTimeZone::resolve("libc:localtime", error));
+  CHECK_FALSE(SyslogTimeZone::resolve("file:/etc/localtime", error));
 }
 
 TEST_CASE("syslog timezone: local follows TZ, with DST by the message's own date") {
@@ -123,10 +126,19 @@ TEST_CASE("syslog timezone: local follows TZ, with DST by the message's own date
     CHECK(ts("<13>Jan 15 12:00:00 host app: x", local) == utc(2026, 1, 15, 17, 0, 0));
   }
   {
-    ScopedTz tz("CET-1CEST,M3.5.0,M10.5.0/3");  // a POSIX TZ string, no file
-    SyslogTimeZone local = zone("local");
-    CHECK(ts("<13>Jul 15 12:00:00 host app: x", local) == utc(2026, 7, 15, 10, 0, 0));
-    CHECK(ts("<13>Jan 15 12:00:00 host app: x", local) == utc(2026, 1, 15, 11, 0, 0));
+    ScopedTz tz(":/usr/share/zoneinfo/Asia/Tokyo");  // a zone file's path
+    CHECK(ts("<13>Jul 15 12:00:00 host app: x", zone("local")) == utc(2026, 7, 15, 3, 0, 0));
+  }
+  for (const char* posix : {"CET-1CEST,M3.5.0,M10.5.0/3", "<+0330>-3:30", "UTC0"}) {
+    // A POSIX TZ string: CCTZ cannot load it, so it is a config error naming the way out, not
+    // a silent UTC.
+    ScopedTz tz(posix);
+    std::string error;
+    INFO(posix);
+    CHECK_FALSE(SyslogTimeZone::resolve("local", error));
+    CHECK(error.find("TZ environment variable ('" + std::string(posix) + "')") !=
+          std::string::npos);
+    CHECK(error.find("POSIX TZ strings") != std::string::npos);
   }
   {
     ScopedTz tz("");  // empty TZ is UTC, as for glibc
@@ -138,18 +150,15 @@ TEST_CASE("syslog timezone: local follows TZ, with DST by the message's own date
     CHECK_FALSE(SyslogTimeZone::resolve("local", error));
     CHECK(error.find("TZ environment variable ('Not/AZone')") != std::string::npos);
   }
-  // Whatever the zone, the loader agrees with glibc's localtime_r from 1900 to 2200, around
-  // every DST change (hourly samples through March/April and October/November).
-  for (const char* name :
-       {"Europe/Berlin", "America/New_York", "Australia/Sydney", "Asia/Kolkata",
-        "America/Sao_Paulo", "Pacific/Chatham", "Europe/Dublin", "Africa/Casablanca", "Etc/GMT+5",
-        "CET-1CEST,M3.5.0,M10.5.0/3", "<+0330>-3:30"}) {
+  // Whatever the zone, CCTZ agrees with glibc's localtime_r from 1900 to 2200, around every
+  // DST change (hourly samples through March/April and October/November).
+  for (const char* name : {"Europe/Berlin", "America/New_York", "Australia/Sydney", "Asia/Kolkata",
+                           "America/Sao_Paulo", "Pacific/Chatham", "Europe/Dublin",
+                           "Africa/Casablanca", "Etc/GMT+5", "America/St_Johns", "Asia/Tehran"}) {
     ScopedTz tz(name);
     SyslogTimeZone local = zone("local");
     int mismatches = 0;
-    // glibc applies a POSIX TZ rule from 1970 only; pre-1970 dates do not matter to syslog.
-    int64_t first_year = std::string(name).find(',') != std::string::npos ? 1970 : 1900;
-    for (int64_t y = first_year; y <= 2200 && mismatches < 3; y += (y < 2000 || y > 2040) ? 7 : 1) {
+    for (int64_t y = 1900; y <= 2200 && mismatches < 3; y += (y < 2000 || y > 2040) ? 7 : 1) {
       for (unsigned mo : {1u, 3u, 4u, 7u, 10u, 11u}) {
         int64_t start = syslogDaysFromCivil(y, mo, 1) * 86400;
         int64_t step = mo == 1 || mo == 7 ? 86400 * 7 : 3600;
