@@ -8,7 +8,7 @@ packages=(
   clang clang-format libclang-rt-14-dev
   libyaml-cpp-dev libuv1-dev libspdlog-dev libfmt-dev librdkafka-dev libssl-dev
   libcurl4-openssl-dev libsystemd-dev doctest-dev nlohmann-json3-dev
-  libhttp-parser-dev libcli11-dev libisal-dev libre2-dev
+  libhttp-parser-dev libcli11-dev libisal-dev libre2-dev libcctz-dev tzdata
   librapidcheck-dev logrotate kcat default-jdk-headless maven
   systemd curl python3 procps time bc
   rsyslog rsyslog-openssl

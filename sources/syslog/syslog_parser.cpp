@@ -61,11 +61,22 @@ bool validDateTime(int64_t y, int mo, int d, int h, int mi, int s) {
          h <= 23 && mi >= 0 && mi <= 59 && s >= 0 && s <= 60;
 }
 
-int64_t toNs(int64_t y, int mo, int d, int h, int mi, int s, int64_t frac_ns, int offset_s) {
+// Seconds since 1970 of a civil date and time read as UTC.
+int64_t civilSeconds(int64_t y, int mo, int d, int h, int mi, int s) {
   if (s == 60) s = 59;  // a leap second is kept within its minute
   int64_t days = syslogDaysFromCivil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d));
-  int64_t secs = days * 86400 + h * 3600 + mi * 60 + s - offset_s;
-  return secs * kNsPerSec + frac_ns;
+  return days * 86400 + h * 3600 + mi * 60 + s;
+}
+
+int64_t toNs(int64_t y, int mo, int d, int h, int mi, int s, int64_t frac_ns, int offset_s) {
+  return (civilSeconds(y, mo, d, h, mi, s) - offset_s) * kNsPerSec + frac_ns;
+}
+
+// A civil time without a zone, read in `zone` (the occurrence nearer to now when it is
+// ambiguous).
+int64_t zonedNs(int64_t y, int mo, int d, int h, int mi, int s, int64_t frac_ns,
+                const SyslogTimeZone& zone, int64_t now_ns) {
+  return zone.toUtc(civilSeconds(y, mo, d, h, mi, s), now_ns / kNsPerSec) * kNsPerSec + frac_ns;
 }
 
 // Reads ".ddd" (1 to 9 digits) into nanoseconds; nothing when there is no '.'.
@@ -99,8 +110,9 @@ bool zoneOffset(Cursor& c, int& offset_s) {
   return true;
 }
 
-// RFC 3339 full date-time as RFC 5424 restricts it (fraction up to 6 digits; we take 9).
-bool isoTimestamp(Cursor& c, int64_t& ns, bool zone_required) {
+// RFC 3339 full date-time as RFC 5424 restricts it (fraction up to 6 digits; we take 9). With
+// `local_zone` the offset may be missing and the time is read in that zone.
+bool isoTimestamp(Cursor& c, int64_t& ns, const SyslogTimeZone* local_zone, int64_t now_ns) {
   int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0;
   if (!c.digits(4, y) || !c.eat('-') || !c.digits(2, mo) || !c.eat('-') || !c.digits(2, d)) {
     return false;
@@ -112,9 +124,11 @@ bool isoTimestamp(Cursor& c, int64_t& ns, bool zone_required) {
   int64_t frac = 0;
   if (!fraction(c, frac, 9)) return false;
   int offset = 0;
-  if (!zoneOffset(c, offset) && zone_required) return false;
+  bool has_offset = zoneOffset(c, offset);
+  if (!has_offset && local_zone == nullptr) return false;
   if (!validDateTime(y, mo, d, h, mi, s)) return false;
-  ns = toNs(y, mo, d, h, mi, s, frac, offset);
+  ns = has_offset ? toNs(y, mo, d, h, mi, s, frac, offset)
+                  : zonedNs(y, mo, d, h, mi, s, frac, *local_zone, now_ns);
   return true;
 }
 
@@ -199,7 +213,7 @@ void parse5424(Cursor& c, SyslogMessage& m) {
   size_t ts_start = c.pos;
   if (c.eat('-')) {
     m.timestamp_ns = 0;
-  } else if (!isoTimestamp(c, m.timestamp_ns, true)) {
+  } else if (!isoTimestamp(c, m.timestamp_ns, nullptr, 0)) {
     m.failure = SyslogFailure::Timestamp;
     return;
   } else {
@@ -247,31 +261,26 @@ int monthIndex(std::string_view s) {
 }
 
 // The year for a month/day without one: the latest of next, this and last year that is not
-// more than kFutureTolerance ahead of now. So "Dec 31 23:59:59" received on Jan 1 is last year's,
-// "Jan  1 00:00:01" from a device a few seconds ahead on Dec 31 is next year's, and a month that
-// has not come yet this year is last year's.
-int64_t inferYear(int mo, int d, int h, int mi, int s, int64_t now_ns) {
+// more than kFutureTolerance ahead of now, both read in `zone`. So "Dec 31 23:59:59" received on
+// Jan 1 is last year's, "Jan  1 00:00:01" from a device a few seconds ahead on Dec 31 is next
+// year's, and a month that has not come yet this year is last year's.
+int64_t inferYear(int mo, int d, int h, int mi, int s, int64_t now_ns, const SyslogTimeZone& zone) {
   constexpr int64_t kFutureTolerance = int64_t{30} * 86400 * kNsPerSec;
-  int64_t now_days = now_ns / kNsPerSec / 86400;
-  // Civil year of now (Howard Hinnant's civil_from_days).
-  int64_t z = now_days + 719468;
-  int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  int64_t doe = z - era * 146097;
-  int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  int64_t mp = (5 * doy + 2) / 153;
-  int64_t month = mp < 10 ? mp + 3 : mp - 9;
-  int64_t year = yoe + era * 400 + (month <= 2 ? 1 : 0);
+  int64_t now_s = now_ns / kNsPerSec;
+  int64_t local_s = now_s + zone.offsetAt(now_s);
+  int64_t year = 0;
+  unsigned month = 0, day = 0;
+  syslogCivilFromDays(local_s >= 0 ? local_s / 86400 : (local_s - 86399) / 86400, year, month, day);
   for (int64_t y = year + 1; y >= year - 4; --y) {
     if (static_cast<unsigned>(d) > daysInMonth(y, static_cast<unsigned>(mo))) continue;
-    if (toNs(y, mo, d, h, mi, s, 0, 0) <= now_ns + kFutureTolerance) return y;
+    if (zonedNs(y, mo, d, h, mi, s, 0, zone, now_ns) <= now_ns + kFutureTolerance) return y;
   }
   return year;
 }
 
 // "Mmm dd hh:mm:ss[.frac][ yyyy][ ZONE][:]" with dd space- or zero-padded; Cisco may also put
-// the year before the time ("Mar  1 2024 18:48:50").
-bool bsdTimestamp(Cursor& c, int64_t& ns, int64_t now_ns) {
+// the year before the time ("Mar  1 2024 18:48:50"). Read in `zone` unless ZONE is UTC or GMT.
+bool bsdTimestamp(Cursor& c, int64_t& ns, int64_t now_ns, const SyslogTimeZone& zone) {
   Cursor t = c;
   int mo = monthIndex(t.rest());
   if (mo == 0) return false;
@@ -301,23 +310,26 @@ bool bsdTimestamp(Cursor& c, int64_t& ns, int64_t now_ns) {
     ++t.pos;
     t.digits(4, year);
   }
-  if (year == 0) {
-    if (h > 23 || mi > 59 || s > 60 || d < 1 || d > 31) return false;
-    year = static_cast<int>(inferYear(mo, d, h, mi, s > 59 ? 59 : s, now_ns));
-  }
-  if (!validDateTime(year, mo, d, h, mi, s)) return false;
-  // A zone abbreviation ("UTC", "CET"): only UTC/GMT are understood; others are skipped.
+  if (h > 23 || mi > 59 || s > 60 || d < 1 || d > 31) return false;
+  // A zone abbreviation ("UTC", "CET"): only UTC/GMT are understood; others are skipped and the
+  // time is read in `zone`.
+  bool utc = false;
   if (t.peek() == ' ' && t.peek(1) >= 'A' && t.peek(1) <= 'Z') {
     size_t p = t.pos + 1;
     while (p < t.s.size() && t.s[p] >= 'A' && t.s[p] <= 'Z') ++p;
     size_t len = p - t.pos - 1;
     if (len >= 3 && len <= 5 && (p == t.s.size() || t.s[p] == ':' || t.s[p] == ' ')) {
       // Only take it when it is followed by ':' (Cisco) or is UTC/GMT: "host" words are lower.
-      std::string_view zone = t.s.substr(t.pos + 1, len);
-      if (zone == "UTC" || zone == "GMT" || (p < t.s.size() && t.s[p] == ':')) t.pos = p;
+      std::string_view word = t.s.substr(t.pos + 1, len);
+      utc = word == "UTC" || word == "GMT";
+      if (utc || (p < t.s.size() && t.s[p] == ':')) t.pos = p;
     }
   }
-  ns = toNs(year, mo, d, h, mi, s, frac, 0);
+  const SyslogTimeZone kUtc;
+  const SyslogTimeZone& in = utc ? kUtc : zone;
+  if (year == 0) year = static_cast<int>(inferYear(mo, d, h, mi, s > 59 ? 59 : s, now_ns, in));
+  if (!validDateTime(year, mo, d, h, mi, s)) return false;
+  ns = zonedNs(year, mo, d, h, mi, s, frac, in, now_ns);
   c = t;
   return true;
 }
@@ -362,7 +374,7 @@ bool looksLikeTag(std::string_view token) {
   return !token.empty() && (token.back() == ':' || token.find('[') != std::string_view::npos);
 }
 
-void parse3164(Cursor& c, SyslogMessage& m, int64_t now_ns) {
+void parse3164(Cursor& c, SyslogMessage& m, int64_t now_ns, const SyslogTimeZone& zone) {
   m.format = SyslogFormat::Rfc3164;
   // Cisco: "<189>52: *Mar  1 18:48:50.483 UTC: %SYS-5-CONFIG_I: ..."
   {
@@ -380,11 +392,11 @@ void parse3164(Cursor& c, SyslogMessage& m, int64_t now_ns) {
   bool ts_colon = false;
   if (isDigit(c.peek())) {
     Cursor t = c;
-    if (isoTimestamp(t, m.timestamp_ns, false)) {
+    if (isoTimestamp(t, m.timestamp_ns, &zone, now_ns)) {
       c = t;
       have_ts = true;
     }
-  } else if (bsdTimestamp(c, m.timestamp_ns, now_ns)) {
+  } else if (bsdTimestamp(c, m.timestamp_ns, now_ns, zone)) {
     have_ts = true;
   }
   if (!have_ts) {
@@ -450,7 +462,21 @@ int64_t syslogDaysFromCivil(int64_t y, unsigned m, unsigned d) {
   return era * 146097 + static_cast<int64_t>(doe) - 719468;
 }
 
-SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns) {
+void syslogCivilFromDays(int64_t days, int64_t& y, unsigned& m, unsigned& d) {
+  // Howard Hinnant's civil_from_days.
+  const int64_t z = days + 719468;
+  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+  const int64_t doe = z - era * 146097;
+  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  const int64_t mp = (5 * doy + 2) / 153;
+  d = static_cast<unsigned>(doy - (153 * mp + 2) / 5 + 1);
+  m = static_cast<unsigned>(mp < 10 ? mp + 3 : mp - 9);
+  y = yoe + era * 400 + (m <= 2 ? 1 : 0);
+}
+
+SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns,
+                          const SyslogTimeZone& rfc3164_zone) {
   SyslogMessage m;
   Cursor c{raw};
   // Leading whitespace (a stray LF between frames) is not part of the message.
@@ -490,7 +516,7 @@ SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns) {
     c.pos = p + 1;
     parse5424(c, m);
   } else {
-    parse3164(c, m, now_ns);
+    parse3164(c, m, now_ns, rfc3164_zone);
   }
   if (m.failure != SyslogFailure::None) {
     // Keep only what is certain: PRI.
@@ -505,7 +531,8 @@ SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns) {
 
 SyslogFailure addSyslogEvent(Batch& batch, std::string_view raw, bool incomplete,
                              int64_t receive_ns, const SyslogEventOptions& options) {
-  SyslogMessage m = parseSyslog(raw, receive_ns);
+  SyslogMessage m =
+      parseSyslog(raw, receive_ns, options.rfc3164_zone ? *options.rfc3164_zone : SyslogTimeZone());
   bool ok = m.failure == SyslogFailure::None;
   uint32_t e =
       batch.add(ok ? m.body : raw, ok && m.timestamp_ns != 0 ? m.timestamp_ns : receive_ns);

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "agent/event.h"
+#include "sources/syslog/syslog_timezone.h"
 
 namespace sluice {
 
@@ -65,9 +66,13 @@ struct SyslogMessage {
 };
 
 // Parses one message (one frame or datagram, without its terminator). `now_ns` picks the year
-// of RFC 3164 timestamps: the year that puts the timestamp closest to now (so "Dec 31 23:59:59"
-// received on Jan 1 is last year's). Timestamps without a zone are taken as UTC.
-SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns);
+// of RFC 3164 timestamps: the latest year that puts the timestamp no more than 30 days after
+// now (so "Dec 31 23:59:59" received on Jan 1 is last year's). RFC 3164 timestamps without a
+// zone or offset are read in `rfc3164_zone` (UTC by default; the source passes its
+// rfc3164_timezone option); an offset or a UTC/GMT word in the message wins. RFC 5424
+// timestamps always carry their offset.
+SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns,
+                          const SyslogTimeZone& rfc3164_zone = SyslogTimeZone());
 
 const char* syslogFacilityName(int facility);
 const char* syslogSeverityName(int severity);
@@ -77,6 +82,7 @@ struct SyslogEventOptions {
   bool raw_header = false;     // syslog.raw: the message exactly as received
   std::string_view client_ip;  // client.ip / client.port when not empty
   std::string_view client_port;
+  const SyslogTimeZone* rfc3164_zone = nullptr;  // zone-less RFC 3164 timestamps; null: UTC
 };
 
 // Appends one event for `raw` (already cut at the size limit; `incomplete` says so) to `batch`
@@ -85,7 +91,8 @@ struct SyslogEventOptions {
 SyslogFailure addSyslogEvent(Batch& batch, std::string_view raw, bool incomplete,
                              int64_t receive_ns, const SyslogEventOptions& options);
 
-// Days since 1970-01-01 of a proleptic Gregorian date (no validation).
+// Days since 1970-01-01 of a proleptic Gregorian date (no validation), and back.
 int64_t syslogDaysFromCivil(int64_t y, unsigned m, unsigned d);
+void syslogCivilFromDays(int64_t days, int64_t& y, unsigned& m, unsigned& d);
 
 }  // namespace sluice

@@ -139,7 +139,11 @@ const OptionTable<SyslogConfig>& syslogOptionTable() {
         .boolean("verify_client", &SyslogConfig::verify_client, false,
                  "tls:// clients must present a certificate signed by ca_file")
         .choice("min_tls_version", &SyslogConfig::min_tls_version, {"1.2", "1.3"}, "1.2",
-                "oldest TLS version accepted");
+                "oldest TLS version accepted")
+        .string("rfc3164_timezone", &SyslogConfig::rfc3164_timezone, "local",
+                "zone of RFC 3164 timestamps that carry none: local (the host's, from TZ or "
+                "/etc/localtime), UTC, an offset like +05:30, or an IANA name like "
+                "Europe/Berlin");
     return t;
   }();
   return table;
@@ -253,39 +257,51 @@ static SSL_CTX* buildTlsContext(const SyslogConfig& config, std::string& error) 
   return tls;
 }
 
-std::unique_ptr<SyslogSource> SyslogSource::create(SyslogConfig config, std::string& error) {
+std::unique_ptr<SyslogSource> SyslogSource::create(SyslogConfig config, ConfigErrors& errors) {
   std::vector<SyslogListenerAddress> addresses;
-  std::vector<std::string> errors;
   bool need_tls = false;
   for (const auto& url : config.listeners) {
     std::string e;
     auto a = parseSyslogListener(url, e);
     if (!a) {
-      errors.push_back(e);
+      errors.emplace_back("listeners", e);
       continue;
     }
     need_tls = need_tls || a->kind == SyslogListenerAddress::Kind::Tls;
     addresses.push_back(*a);
   }
-  if (config.listeners.empty()) errors.push_back("listeners: at least one is needed");
+  if (config.listeners.empty()) errors.emplace_back("listeners", "at least one is needed");
+  std::string what;
+  auto zone = SyslogTimeZone::resolve(config.rfc3164_timezone, what);
+  if (!zone) errors.emplace_back("rfc3164_timezone", what);
   SSL_CTX* tls = nullptr;
   if (need_tls) {
-    std::string what;
     tls = buildTlsContext(config, what);
-    if (tls == nullptr) errors.push_back(what);
+    if (tls == nullptr)
+      errors.emplace_back(config.cert_file.empty() ? "listeners" : "cert_file", what);
   }
   if (!errors.empty()) {
-    error.clear();
-    for (const auto& e : errors) error += (error.empty() ? "" : "; ") + e;
+    if (tls != nullptr) SSL_CTX_free(tls);
     return nullptr;
   }
   return std::unique_ptr<SyslogSource>(
-      new SyslogSource(std::move(config), std::move(addresses), tls));
+      new SyslogSource(std::move(config), std::move(addresses), tls, std::move(*zone)));
+}
+
+std::unique_ptr<SyslogSource> SyslogSource::create(SyslogConfig config, std::string& error) {
+  ConfigErrors errors;
+  auto source = create(std::move(config), errors);
+  error.clear();
+  for (const auto& [key, e] : errors) error += (error.empty() ? "" : "; ") + key + ": " + e;
+  return source;
 }
 
 SyslogSource::SyslogSource(SyslogConfig config, std::vector<SyslogListenerAddress> addresses,
-                           SSL_CTX* tls_ctx)
-    : config_(std::move(config)), addresses_(std::move(addresses)), tls_ctx_(tls_ctx) {}
+                           SSL_CTX* tls_ctx, SyslogTimeZone rfc3164_zone)
+    : config_(std::move(config)),
+      addresses_(std::move(addresses)),
+      tls_ctx_(tls_ctx),
+      rfc3164_zone_(std::move(rfc3164_zone)) {}
 
 SyslogSource::~SyslogSource() {
   if (open_handles_ > 0) {
@@ -731,6 +747,7 @@ void SyslogSource::addMessage(std::string_view frame, bool truncated, const std:
   }
   SyslogEventOptions options;
   options.raw_header = config_.raw_header;
+  options.rfc3164_zone = &rfc3164_zone_;
   if (config_.client_headers) {
     options.client_ip = ip;
     options.client_port = port;
@@ -890,18 +907,11 @@ void registerSyslogSource(Registry& registry) {
         if (!source) spdlog::error("source {}: {}", b.name, error);
         return source;
       },
-      // `sluice check` and reloads see bad listener URLs and TLS files too: the same checks as
-      // the factory, without binding anything.
+      // `sluice check` and reloads see bad listener URLs, TLS files and time zones too: the
+      // same checks as the factory, without binding anything.
       [](const SyslogConfig& config) {
         ConfigErrors errors;
-        std::string error;
-        if (!SyslogSource::create(config, error)) {
-          bool tls = error.find("cert_file") != std::string::npos ||
-                     error.find("key_file") != std::string::npos ||
-                     error.find("ca_file") != std::string::npos ||
-                     error.find("min_tls_version") != std::string::npos;
-          errors.emplace_back(tls && config.cert_file.size() ? "cert_file" : "listeners", error);
-        }
+        SyslogSource::create(config, errors);
         return errors;
       });
 }

@@ -62,6 +62,7 @@ struct SyslogConfig {
   std::string ca_file;
   bool verify_client = false;
   std::string min_tls_version = "1.2";
+  std::string rfc3164_timezone = "local";
   bool operator==(const SyslogConfig&) const = default;
 };
 
@@ -80,8 +81,10 @@ std::optional<SyslogListenerAddress> parseSyslogListener(const std::string& url,
 
 class SyslogSource final : public Source {
  public:
-  // Validates the listeners and loads the TLS material; on failure returns null and sets
-  // `error` to every problem found.
+  // Validates the listeners, resolves rfc3164_timezone and loads the TLS material; on failure
+  // returns null and adds every problem found to `errors` under its option key.
+  static std::unique_ptr<SyslogSource> create(SyslogConfig config, ConfigErrors& errors);
+  // The same with the problems as one message ("key: problem; ...").
   static std::unique_ptr<SyslogSource> create(SyslogConfig config, std::string& error);
   ~SyslogSource() override;
   SyslogSource(const SyslogSource&) = delete;
@@ -121,7 +124,8 @@ class SyslogSource final : public Source {
     Counter* tls_reload_errors = nullptr;
   };
 
-  SyslogSource(SyslogConfig config, std::vector<SyslogListenerAddress> addresses, SSL_CTX* tls_ctx);
+  SyslogSource(SyslogConfig config, std::vector<SyslogListenerAddress> addresses, SSL_CTX* tls_ctx,
+               SyslogTimeZone rfc3164_zone);
 
   void openListener(Listener& l);
   void onAccept(Listener& l);
@@ -148,6 +152,7 @@ class SyslogSource final : public Source {
   SyslogConfig config_;
   std::vector<SyslogListenerAddress> addresses_;
   SSL_CTX* tls_ctx_ = nullptr;
+  SyslogTimeZone rfc3164_zone_;  // resolved once, when the source is built
   SourceContext* ctx_ = nullptr;
   uv_loop_t* loop_ = nullptr;
   Counters counters_;

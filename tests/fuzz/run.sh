@@ -9,7 +9,8 @@ seconds="${FUZZ_SECONDS:-60}"
 mkdir -p "$out/syslog_corpus"
 flags=(-std=c++20 -O1 -g -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all)
 clang++ "${flags[@]}" tests/fuzz/syslog_fuzz.cpp sources/syslog/syslog_parser.cpp \
-  sources/syslog/syslog_framing.cpp agent/event.cpp -o "$out/syslog_fuzz"
+  sources/syslog/syslog_timezone.cpp sources/syslog/syslog_framing.cpp agent/event.cpp -lcctz \
+  -o "$out/syslog_fuzz"
 # Seeds: the RFCs' examples and real-world shapes.
 seed() { printf '%b' "$2" > "$out/syslog_corpus/$1"; }
 seed 5424 '\x05<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \xef\xbb\xbf'"'"'su root'"'"' failed\n'

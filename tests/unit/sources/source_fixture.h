@@ -95,6 +95,7 @@ struct Received {
   std::string body;
   std::map<std::string, std::string> headers;
   std::string header_line;  // the headers as "k=v;" in the event's own order
+  int64_t timestamp_ns = 0;
 };
 
 // A fake context that behaves like a channel for what the tests need of one:
@@ -144,7 +145,7 @@ class FakeSourceContext final : public SourceContext {
     if (!lose_offers) {
       batch_sizes.push_back(batch.size());
       for (size_t i = 0; i < batch.size(); ++i) {
-        Received r{std::string(batch[i].body()), {}, {}};
+        Received r{std::string(batch[i].body()), {}, {}, batch[i].timestampNs()};
         batch[i].forEachHeader([&](std::string_view k, std::string_view v) {
           r.headers[std::string(k)] = std::string(v);
           r.header_line += std::string(k) + "=" + std::string(v) + ";";

@@ -118,19 +118,23 @@ TEST_CASE("syslog source: listener URLs are validated") {
   CHECK(e.find("cannot load cert_file '/nonexistent/cert.pem'") != std::string::npos);
 }
 
-TEST_CASE("syslog source: bad listeners and TLS files fail at config load (sluice check)") {
+// Loads a config whose one source is a syslog source with `source_body` (indented four spaces,
+// starting on line 5); returns whether it loaded and the diagnostics.
+std::pair<bool, std::string> loadSyslogConfig(const std::string& source_body) {
   Registry reg;
   registerMemoryChannel(reg);
   registerNullSink(reg);
   registerSyslogSource(reg);
-  auto load = [&](const std::string& source_body) {
-    Diagnostics diag("test.yaml");
-    std::string text = "sources:\n  s:\n    type: syslog\n    channels: [c]\n" + source_body +
-                       "channels:\n  c: {type: memory}\nsinks:\n  n: {type: null, channel: c}\n";
-    auto cfg = loadConfigText(text, "test.yaml", reg, diag,
-                              [](const std::string&) { return std::optional<std::string>(); });
-    return std::make_pair(cfg != std::nullopt, diag.format());
-  };
+  Diagnostics diag("test.yaml");
+  std::string text = "sources:\n  s:\n    type: syslog\n    channels: [c]\n" + source_body +
+                     "channels:\n  c: {type: memory}\nsinks:\n  n: {type: null, channel: c}\n";
+  auto cfg = loadConfigText(text, "test.yaml", reg, diag,
+                            [](const std::string&) { return std::optional<std::string>(); });
+  return std::make_pair(cfg != std::nullopt, diag.format());
+}
+
+TEST_CASE("syslog source: bad listeners and TLS files fail at config load (sluice check)") {
+  auto load = loadSyslogConfig;
   auto good = load("    listeners: [udp://127.0.0.1:0]\n");
   INFO(good.second);
   CHECK(good.first);
@@ -145,6 +149,29 @@ TEST_CASE("syslog source: bad listeners and TLS files fail at config load (sluic
   CHECK(tls.second.find("cannot load cert_file '/nonexistent/c.pem'") != std::string::npos);
 }
 
+TEST_CASE("syslog source: an unknown rfc3164_timezone fails at config load, at its value") {
+  for (const char* good : {"local", "UTC", "+05:30", "-0800", "Europe/Berlin"}) {
+    auto ok = loadSyslogConfig(
+        "    listeners: [udp://127.0.0.1:0]\n    rfc3164_timezone: " + std::string(good) + "\n");
+    INFO(good, ok.second);
+    CHECK(ok.first);
+  }
+  auto bad =
+      loadSyslogConfig("    listeners: [udp://127.0.0.1:0]\n    rfc3164_timezone: Europe/Berln\n");
+  CHECK_FALSE(bad.first);
+  INFO(bad.second);
+  CHECK(bad.second.find("test.yaml:6:23: error: sources.s.rfc3164_timezone: unknown time zone "
+                        "'Europe/Berln'") != std::string::npos);
+  for (const char* wrong : {"+25:00", "+5:30", "../../etc/passwd", "CEST"}) {
+    auto r = loadSyslogConfig("    listeners: [udp://127.0.0.1:0]\n    rfc3164_timezone: '" +
+                              std::string(wrong) + "'\n");
+    INFO(wrong, r.second);
+    CHECK_FALSE(r.first);
+    CHECK(r.second.find("test.yaml:6:23: error: sources.s.rfc3164_timezone: ") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("syslog source: UDP, TCP LF, TCP octet counting and a Unix socket, with headers") {
   TestLoop loop;
   FakeSourceContext ctx(loop.get(), "syslog_test");
@@ -153,6 +180,7 @@ TEST_CASE("syslog source: UDP, TCP LF, TCP octet counting and a Unix socket, wit
       config({"udp://127.0.0.1:0", "tcp://127.0.0.1:0", "unix://" + dir + "/log.sock"});
   c.client_headers = true;
   c.raw_header = true;
+  c.rfc3164_timezone = "-08:00";
   auto src = make(c);
   src->start(ctx);
   int udp_port = src->boundPort(0);
@@ -189,6 +217,8 @@ TEST_CASE("syslog source: UDP, TCP LF, TCP octet counting and a Unix socket, wit
   CHECK(e[1].headers["host"] == "host1");
   CHECK(e[1].headers["procid"] == "5");
   CHECK(e[1].headers["client.ip"] == "127.0.0.1");
+  // rfc3164_timezone -08:00: 10:00 local is 18:00 UTC (the year depends on today).
+  CHECK(e[1].timestamp_ns / 1000000000 % 86400 == 18 * 3600);
   CHECK(e[2].body == "octet");
   CHECK(e[2].headers["syslog.format"] == "rfc5424");
   CHECK(e[3].body == "crlf");
