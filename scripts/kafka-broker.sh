@@ -162,8 +162,12 @@ start() {
 
   if [ ! -f "$dir/meta/meta.properties" ]; then
     local cluster_id
-    # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding.
-    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding. One starting with '-' is
+    # taken for an option by kafka-storage ("argument --cluster-id/-t: expected one argument").
+    cluster_id="-"
+    while [[ "$cluster_id" == -* ]]; do
+      cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    done
     "${jvm[@]}" kafka.tools.StorageTool format --standalone -t "$cluster_id" \
       -c "$dir/server.properties" >"$dir/format.log" 2>&1 || {
       cat "$dir/format.log" >&2

@@ -414,7 +414,7 @@ void FileChannel::scanSegment(uint64_t key, bool last) {
   uint64_t good = 0;
   while (loc.off < seg.size) {
     Rec rec;
-    int r = readRecordFromDisk(seg, loc, rec);
+    int r = readRecordFromDisk(seg, loc, rec, false);
     if (r < 0) {
       markDamaged(key, -EIO);
       return;
@@ -531,7 +531,7 @@ int FileChannel::readFd(Segment& seg) {
   return seg.read_fd;
 }
 
-int FileChannel::readRecordFromDisk(Segment& seg, const Loc& loc, Rec& out) {
+int FileChannel::readRecordFromDisk(Segment& seg, const Loc& loc, Rec& out, bool events) {
   if (seg.size < loc.off || seg.size - loc.off < filech::kRecordHeader) return 0;
   int fd = readFd(seg);
   if (fd < 0) return -2;
@@ -549,12 +549,21 @@ int FileChannel::readRecordFromDisk(Segment& seg, const Loc& loc, Rec& out) {
   if (n < 0) return -1;
   if (n != static_cast<ssize_t>(h.length)) return 0;
   if (!filech::checkCrc(h, payload.data())) return 0;
-  auto batch = std::make_shared<Batch>();
   out.positions.clear();
-  if (!filech::decodePayload(payload, *batch, out.positions)) return 0;
+  uint64_t count = 0;
+  if (events) {
+    auto batch = std::make_shared<Batch>();
+    if (!filech::decodePayload(payload, *batch, out.positions)) return 0;
+    count = batch->size();
+    out.batch = std::move(batch);
+  } else {
+    uint32_t n = 0;
+    if (!filech::scanPayload(payload, n, out.positions)) return 0;
+    count = n;
+    out.batch = nullptr;
+  }
   out.loc = {loc.seg, loc.off, h.seq};
-  out.next = {loc.seg, loc.off + filech::kRecordHeader + h.length, h.seq + batch->size()};
-  out.batch = std::move(batch);
+  out.next = {loc.seg, loc.off + filech::kRecordHeader + h.length, h.seq + count};
   return 1;
 }
 
@@ -572,7 +581,7 @@ uint64_t FileChannel::scanForward(Segment& seg, uint64_t from, uint64_t& seq) {
     for (size_t i = 0; i + 4 <= static_cast<size_t>(n); ++i) {
       if (filech::getU32(buf.data() + i) != filech::kRecordMagic) continue;
       Rec rec;
-      if (readRecordFromDisk(seg, {0, off + i, 0}, rec) == 1) {
+      if (readRecordFromDisk(seg, {0, off + i, 0}, rec, false) == 1) {
         seq = rec.loc.seq;
         return off + i;
       }

@@ -292,7 +292,9 @@ class FileChannel final : public Channel {
   enum class ReadResult { Ok, End, Retry };
   ReadResult readAt(Loc& loc, Rec& out);
   // Reads the record at loc from disk: 1 ok, 0 invalid record, -1 I/O error, -2 cannot open.
-  int readRecordFromDisk(Segment& seg, const Loc& loc, Rec& out);
+  // `events` false: the record is checked and its positions read, but no event is copied
+  // (out.batch stays null); for the start-up scan, which needs only counts and positions.
+  int readRecordFromDisk(Segment& seg, const Loc& loc, Rec& out, bool events = true);
   // Offset of the next valid record at or after `from` in seg; seg.size when none.
   uint64_t scanForward(Segment& seg, uint64_t from, uint64_t& seq);
   void reportCorrupt(uint64_t seg, uint64_t off, const char* why);

@@ -121,16 +121,22 @@ bool checkCrc(const RecordHeader& h, const char* payload) {
   return crc == h.crc;
 }
 
-bool decodePayload(std::string_view payload, Batch& batch, Positions& positions) {
+namespace {
+
+// Walks a payload checked by checkCrc: begin(event count), then event(ts, headers, body) per
+// event, then its positions. False when it does not parse.
+template <class Begin, class Event>
+bool walkPayload(std::string_view payload, Positions& positions, Begin&& begin, Event&& event) {
   Reader r{payload};
   uint32_t n = r.u32();
   if (!r.ok || n > payload.size()) return false;
-  batch.reserve(n, payload.size());
+  begin(n);
+  std::vector<std::pair<std::string_view, std::string_view>> hs;
   for (uint32_t i = 0; i < n && r.ok; ++i) {
     auto ts = static_cast<int64_t>(r.u64());
     uint32_t headers = r.u32();
     if (!r.ok || headers > payload.size()) return false;
-    std::vector<std::pair<std::string_view, std::string_view>> hs;
+    hs.clear();
     for (uint32_t h = 0; h < headers && r.ok; ++h) {
       auto k = r.str();
       auto v = r.str();
@@ -138,8 +144,7 @@ bool decodePayload(std::string_view payload, Batch& batch, Positions& positions)
     }
     auto body = r.str();
     if (!r.ok) return false;
-    uint32_t idx = batch.add(body, ts);
-    for (const auto& [k, v] : hs) batch.setHeader(idx, k, v);
+    event(ts, hs, body);
   }
   uint32_t np = r.u32();
   for (uint32_t i = 0; i < np && r.ok; ++i) {
@@ -148,6 +153,24 @@ bool decodePayload(std::string_view payload, Batch& batch, Positions& positions)
     if (r.ok) positions.emplace_back(std::string(k), std::string(v));
   }
   return r.ok && r.pos == payload.size();
+}
+
+}  // namespace
+
+bool decodePayload(std::string_view payload, Batch& batch, Positions& positions) {
+  return walkPayload(
+      payload, positions, [&](uint32_t n) { batch.reserve(n, payload.size()); },
+      [&](int64_t ts, const auto& hs, std::string_view body) {
+        uint32_t idx = batch.add(body, ts);
+        for (const auto& [k, v] : hs) batch.setHeader(idx, k, v);
+      });
+}
+
+bool scanPayload(std::string_view payload, uint32_t& events, Positions& positions) {
+  events = 0;
+  return walkPayload(
+      payload, positions, [&](uint32_t n) { events = n; },
+      [](int64_t, const auto&, std::string_view) {});
 }
 
 }  // namespace sluice::filech

@@ -36,6 +36,9 @@ bool checkCrc(const RecordHeader& h, const char* payload);
 // Decodes a payload checked by checkCrc. False when it does not parse (a bug or a corruption
 // that the CRC missed).
 bool decodePayload(std::string_view payload, Batch& batch, Positions& positions);
+// As decodePayload (the same checks), but copies no event: only their count and the positions.
+// The start-up scan uses it, as it needs no more.
+bool scanPayload(std::string_view payload, uint32_t& events, Positions& positions);
 
 // Little-endian helpers for the small metadata files.
 void putU32(std::string& out, uint32_t v);

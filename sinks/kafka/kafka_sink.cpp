@@ -1080,9 +1080,10 @@ const OptionTable<KafkaConfig>& kafkaOptionTable() {
     t.integer("queue_max_events", &C::queue_max_events, 100000, 1, 10000000,
               "librdkafka's local queue (queue.buffering.max.messages); when full the sink "
               "stops taking from the channel.");
-    t.integer("max_in_flight", &C::max_in_flight, 32, 1, 256,
-              "Deliveries (taken batches of the common batch_size) the sink has outstanding at "
-              "once; enough to keep librdkafka's pipeline full while batches commit.");
+    t.integer("max_in_flight", &C::max_in_flight, 128, 1, 1024,
+              "Most deliveries (taken batches of the common batch_size) outstanding at once. "
+              "Keep it at least queue_max_events / batch_size, so librdkafka's queue is the "
+              "bound and stays full while batches commit.");
     t.duration("flush_timeout", &C::flush_timeout, "5s", Millis(0), Millis(600000),
                "At stop, how long queued messages get to reach the broker before the producer "
                "is destroyed.");

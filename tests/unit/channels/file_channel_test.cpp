@@ -19,6 +19,7 @@
 #include "agent/registry.h"
 #include "channels/file/file_inspect.h"
 #include "channels/file/file_ops.h"
+#include "channels/file/record.h"
 
 namespace sluice {
 namespace {
@@ -134,6 +135,37 @@ std::vector<std::string> segmentFiles(const std::string& dir) {
   }
   std::sort(out.begin(), out.end());
   return out;
+}
+
+TEST_CASE(
+    "file channel record: the start-up scan reads what a full decode reads, and refuses the same") {
+  Batch b;
+  for (int i = 0; i < 5; ++i) {
+    uint32_t e = b.add("body-" + std::to_string(i), i);
+    if (i % 2 == 0) b.setHeader(e, "host", "h" + std::to_string(i));
+  }
+  filech::Positions positions = {{"tail:1", "42"}, {"tail:2", "7"}};
+  std::string rec;
+  filech::encodeRecord(rec, 100, b, positions);
+  std::string_view payload = std::string_view(rec).substr(filech::kRecordHeader);
+
+  Batch decoded;
+  filech::Positions p1, p2;
+  uint32_t events = 0;
+  REQUIRE(filech::decodePayload(payload, decoded, p1));
+  REQUIRE(filech::scanPayload(payload, events, p2));
+  CHECK(events == decoded.size());
+  CHECK(events == 5);
+  CHECK(p1 == positions);
+  CHECK(p2 == positions);
+  // Every cut of the payload is refused by both, never read as a shorter record.
+  for (size_t n = 0; n < payload.size(); ++n) {
+    Batch d;
+    filech::Positions q1, q2;
+    uint32_t c = 0;
+    CHECK_FALSE(filech::decodePayload(payload.substr(0, n), d, q1));
+    CHECK_FALSE(filech::scanPayload(payload.substr(0, n), c, q2));
+  }
 }
 
 TEST_CASE("file channel: round trip across segments, visible only once durable") {

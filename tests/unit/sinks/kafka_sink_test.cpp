@@ -296,7 +296,7 @@ TEST_CASE("kafka options: contradictions and bad values are refused at config lo
     CHECK(k.acks == "all");
     CHECK(k.idempotence);
     CHECK(k.producer_batch_size == 10000);
-    CHECK(k.max_in_flight == 32);
+    CHECK(k.max_in_flight == 128);
     CHECK(k.linger == Millis(5));
     CHECK(k.message_timeout == Millis(300000));
     CHECK(k.queue_max_events == 100000);
@@ -592,7 +592,7 @@ TEST_CASE("kafka sink: a full local queue makes it not ready, then wakes the gro
   mc.topic("t", 1, 1);
   Fixture f(baseYaml(mc, "topic: t\nqueue_max_events: 5\n"));
   CHECK(f.sink->ready());
-  CHECK(f.sink->maxInFlight() == 32);
+  CHECK(f.sink->maxInFlight() == 128);
   size_t a = f.deliver(40);
   CHECK_FALSE(f.sink->ready());  // 5 produced, 35 waiting for room
   CHECK(f.ctx.counter("QueueFullCount") == 1);
