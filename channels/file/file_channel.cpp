@@ -108,20 +108,33 @@ Loc getLoc(const char* p) {
 }
 
 std::string encodeJournal(const CursorLedger<Loc>& ledger) {
+  // Adjacent ranges are written as one (the lower one's Loc locates the merged begin): a sink
+  // with many takes outstanding, committing in order, leaves one range, not one per take, so a
+  // commit's journal record stays small however many takes are in flight.
+  std::vector<CursorLedger<Loc>::Range> ranges;
+  ledger.forEachUncommitted([&](const CursorLedger<Loc>::Range& r) { ranges.push_back(r); });
+  std::sort(ranges.begin(), ranges.end(),
+            [](const auto& a, const auto& b) { return a.begin < b.begin; });
+  size_t n = 0;
+  for (const auto& r : ranges) {
+    if (n > 0 && ranges[n - 1].end == r.begin) {
+      ranges[n - 1].end = r.end;
+    } else {
+      ranges[n++] = r;
+    }
+  }
   std::string s;
+  s.reserve(40 + n * 40);
   filech::putU32(s, 1);
   filech::putU64(s, ledger.nextPos());
   putLoc(s, ledger.nextLoc());
-  std::string ranges;
-  uint32_t n = 0;
-  ledger.forEachUncommitted([&](const CursorLedger<Loc>::Range& r) {
-    filech::putU64(ranges, r.begin);
-    filech::putU64(ranges, r.end);
-    putLoc(ranges, r.loc);
-    ++n;
-  });
-  filech::putU32(s, n);
-  return s + ranges;
+  filech::putU32(s, static_cast<uint32_t>(n));
+  for (size_t i = 0; i < n; ++i) {
+    filech::putU64(s, ranges[i].begin);
+    filech::putU64(s, ranges[i].end);
+    putLoc(s, ranges[i].loc);
+  }
+  return s;
 }
 
 }  // namespace
@@ -170,7 +183,7 @@ void FileCursor::commitTake(uint64_t id) {
     if (!ledger_.hasOutstanding()) delete this;
     return;
   }
-  channel_->journal(name_, encodeJournal(ledger_));
+  channel_->journalSoon(this);
   uint64_t old = ledger_.lowWater();
   ledger_.recomputeLowWater();
   if (ledger_.lowWater() != old) {
@@ -255,6 +268,9 @@ FileChannel::~FileChannel() {
   if (destroyed_) *destroyed_ = true;
   metrics_->clearGauges(this);
   if (writer_.joinable()) {
+    // Commits of this loop turn are journaled even by a "crash" in the tests: like a real kill -9
+    // after the last turn, not in the middle of one.
+    flushJournals();
     if (!crashed_) checkpoint();
     {
       std::lock_guard lock(mutex_);
@@ -880,6 +896,8 @@ void FileChannel::dropCursor(const std::string& consumer) {
   cursors_.erase(it);
   metrics_->clearGauges(c);
   ready_queue_.erase(std::remove(ready_queue_.begin(), ready_queue_.end(), c), ready_queue_.end());
+  journal_queue_.erase(std::remove(journal_queue_.begin(), journal_queue_.end(), c),
+                       journal_queue_.end());
   std::replace(firing_ready_.begin(), firing_ready_.end(), c, static_cast<FileCursor*>(nullptr));
   c->channel_ = nullptr;
   c->on_ready_ = nullptr;
@@ -965,6 +983,22 @@ void FileChannel::cursorDirty(FileCursor* c) {
         self->checkpoint();
       },
       static_cast<uint64_t>(config_.checkpoint_interval.count()), 0);
+}
+
+void FileChannel::journalSoon(FileCursor* c) {
+  if (c->journal_pending_) return;
+  c->journal_pending_ = true;
+  journal_queue_.push_back(c);
+  schedule();
+}
+
+void FileChannel::flushJournals() {
+  auto queue = std::move(journal_queue_);
+  journal_queue_.clear();
+  for (FileCursor* c : queue) {
+    c->journal_pending_ = false;
+    journal(c->name_, encodeJournal(c->ledger_));
+  }
 }
 
 void FileChannel::journal(const std::string& consumer, std::string state) {
@@ -1109,6 +1143,7 @@ void FileChannel::signalLoop() {
 
 void FileChannel::dispatch() {
   dispatch_pending_ = false;
+  flushJournals();
   std::vector<Done> done;
   bool signal = false;
   {

@@ -38,11 +38,12 @@
 // unlink queued after a cursor write never overtakes it). Between two cursor files the commit
 // journal (below) holds every commit.
 //
-// Commit journal: every commit (and the creation or removal of a cursor) appends a small
-// positions-only record to the log under the reserved key "\x01cursor:<consumer>", holding the
-// cursor's exact state: u32 version 1 | u64 next position | Loc of next (u64 segment, offset,
-// record seq) | u32 count | per range not committed below next (rolled back or outstanding):
-// u64 begin, u64 end, Loc of begin. It rides the writer's group commit like any put, and the
+// Commit journal: the commits of a consumer in one loop turn (and the creation or removal of a
+// cursor) append one small positions-only record to the log under the reserved key
+// "\x01cursor:<consumer>", holding the cursor's exact state: u32 version 1 | u64 next position |
+// Loc of next (u64 segment, offset, record seq) | u32 count | per range not committed below next
+// (rolled back or outstanding; adjacent ranges written as one): u64 begin, u64 end, Loc of
+// begin. It rides the writer's group commit like any put, and the
 // positions machinery below keeps its latest value across segment rolls, so at start-up the
 // cursor resumes from the newest of the journal and its cursor file: what a consumer committed
 // (once that journal record is on disk, which is within one group commit) is never delivered to
@@ -183,6 +184,7 @@ class FileCursor final : public Cursor {
   bool dirty_ = false;
   bool wants_ready_ = false;
   bool ready_queued_ = false;
+  bool journal_pending_ = false;  // a commit's journal record waits for the end of the turn
   std::function<void()> on_ready_;
 };
 
@@ -309,6 +311,10 @@ class FileChannel final : public Channel {
   void cursorDirty(FileCursor* c);
   // Appends the cursor's exact state to the log (the commit journal, see above).
   void journal(const std::string& consumer, std::string state);
+  // Journals the cursor's state once, at the next dispatch: the commits of one loop turn (a
+  // sink answering many deliveries at once) share one journal record.
+  void journalSoon(FileCursor* c);
+  void flushJournals();
   bool journalUsable(const PersistedCursor& pc) const;
   // The start of the segment that holds event pos (collect skips the records before pos).
   Loc locate(uint64_t pos) const;
@@ -389,6 +395,7 @@ class FileChannel final : public Channel {
   mutable bool space_wanted_ = false;
   bool space_queued_ = false;
   std::vector<FileCursor*> ready_queue_;
+  std::vector<FileCursor*> journal_queue_;  // cursors whose journal record is due
   std::vector<FileCursor*> firing_ready_;
   bool firing_listeners_ = false;
   bool dispatch_pending_ = false;
