@@ -268,10 +268,12 @@ FileChannel::~FileChannel() {
   if (destroyed_) *destroyed_ = true;
   metrics_->clearGauges(this);
   if (writer_.joinable()) {
-    // Commits of this loop turn are journaled even by a "crash" in the tests: like a real kill -9
-    // after the last turn, not in the middle of one.
-    flushJournals();
-    if (!crashed_) checkpoint();
+    // A simulated kill -9 loses the journal records still due at the end of this loop turn.
+    if (crashed_) {
+      journal_queue_.clear();
+    } else {
+      checkpoint();
+    }
     {
       std::lock_guard lock(mutex_);
       stopping_ = true;
@@ -1059,7 +1061,29 @@ void FileChannel::mergeJournal() {
       continue;
     }
     auto it = persisted_.find(name);
-    if (it == persisted_.end() || pc.low >= it->second.low) persisted_[name] = std::move(pc);
+    if (it != persisted_.end() && pc.low < it->second.low) {
+      // The cursor file is newer than this journal entry (written at a checkpoint whose journal
+      // record did not make it): everything below its low water is committed too. Both are
+      // facts, so keep the journal's exact state above the file's low water.
+      const PersistedCursor& file = it->second;
+      if (file.low >= pc.next) continue;  // the journal knows nothing the file does not
+      std::vector<CursorLedger<Loc>::Range> kept;
+      for (auto r : pc.uncommitted) {
+        if (r.end <= file.low) continue;
+        if (r.begin < file.low) r = {file.low, r.end, file.loc};
+        kept.push_back(r);
+      }
+      pc.uncommitted = std::move(kept);
+      pc.low = pc.next;
+      pc.loc = pc.next_loc;
+      for (const auto& r : pc.uncommitted) {
+        if (r.begin < pc.low) {
+          pc.low = r.begin;
+          pc.loc = r.loc;
+        }
+      }
+    }
+    persisted_[name] = std::move(pc);
   }
 }
 
@@ -1072,6 +1096,9 @@ std::map<std::string, std::string> FileChannel::positions() const {
 }
 
 void FileChannel::checkpoint() {
+  // A cursor file must never reach the disk ahead of the journal record of a commit it covers
+  // (the writer runs jobs in order): queue the due journal records first.
+  flushJournals();
   if (checkpoint_armed_) {
     uv_timer_stop(checkpoint_timer_);
     checkpoint_armed_ = false;

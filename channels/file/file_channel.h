@@ -46,7 +46,8 @@
 // begin. It rides the writer's group commit like any put, and the
 // positions machinery below keeps its latest value across segment rolls, so at start-up the
 // cursor resumes from the newest of the journal and its cursor file: what a consumer committed
-// (once that journal record is on disk, which is within one group commit) is never delivered to
+// (once that journal record is on disk: the end of its loop turn plus one group commit; a cursor
+// file is never written ahead of it, and start-up merges the two) is never delivered to
 // it again, even when it committed out of order. Cursor files remain the checkpoint that
 // segment deletion waits for. An empty value is a tombstone (the cursor was dropped).
 //
@@ -215,9 +216,12 @@ class FileChannel final : public Channel {
   const MetricSetPtr& metrics() const { return metrics_; }
   // Queues the writes of every dirty cursor now (tests; stop does it too).
   void checkpoint();
-  // Tests: the destructor then behaves like kill -9 as far as cursors go (no final checkpoint;
-  // what was committed since the last one is delivered again after the restart).
+  // Tests: the destructor then behaves like kill -9 as far as cursors go (no final checkpoint, and
+  // the journal records still due at the end of the current loop turn are lost: those commits
+  // may be delivered again after the restart).
   void simulateCrashForTest() { crashed_ = true; }
+  // Tests: commits whose journal record waits for the end of the loop turn.
+  bool journalDueForTest() const { return !journal_queue_.empty(); }
   // Number of segment files held.
   size_t segmentCount() const { return segments_.size(); }
 

@@ -425,12 +425,16 @@ void SyslogSource::openListener(Listener& l) {
                                                                   : "tls://") +
                     a.host + ":" + std::to_string(a.port);
   if (a.kind == SyslogListenerAddress::Kind::Udp) {
-    uv_udp_init_ex(loop_, &l.udp, AF_UNSPEC | UV_UDP_RECVMMSG);
+    int rc = uv_udp_init_ex(loop_, &l.udp, AF_UNSPEC | UV_UDP_RECVMMSG);
+    if (rc != 0) {
+      fail("cannot listen on " + url, rc);
+      return;
+    }
     if (!udp_buf_) udp_buf_.reset(new char[kDatagramBytes * kDatagramsPerRead]);
     l.udp.data = &l;
     l.open = true;
     ++open_handles_;
-    int rc = uv_udp_bind(&l.udp, sa, 0);
+    rc = uv_udp_bind(&l.udp, sa, 0);
     if (rc == 0 && config_.udp_receive_buffer > 0) {
       int v = static_cast<int>(config_.udp_receive_buffer);
       uv_recv_buffer_size(reinterpret_cast<uv_handle_t*>(&l.udp), &v);
@@ -441,7 +445,10 @@ void SyslogSource::openListener(Listener& l) {
           [](uv_handle_t* h, size_t, uv_buf_t* buf) {
             auto* self = static_cast<Listener*>(h->data)->self;
             // Room for several datagrams: libuv then reads them with one recvmmsg and calls
-            // back once per datagram (UV_UDP_MMSG_CHUNK), then once with no address.
+            // back once per datagram (UV_UDP_MMSG_CHUNK), then once with no address. Those
+            // callbacks stop early if receiving is stopped in between, and the datagrams
+            // already read would be lost: never call uv_udp_recv_stop from onDatagram (a full
+            // channel drops and counts instead).
             *buf = uv_buf_init(self->udp_buf_.get(),
                                static_cast<unsigned>(kDatagramBytes * kDatagramsPerRead));
           },

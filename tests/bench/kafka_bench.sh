@@ -15,9 +15,9 @@
 # delivery report is in). sluice: a first agent fills the file channel with EVENTS events while
 # its kafka sink points at a closed port; then a second agent with no source starts with the
 # filled channel and is timed from its exec until its sink has counted EVENTS delivered
-# (broker-acknowledged) events, watched by one small poller that keeps its HTTP connection to the
-# status server and looks every 5 ms (spawning curl every few ms would itself take CPU from the
-# broker on a small machine). rdkafka_performance's own figure (it starts its clock after it is
+# (broker-acknowledged) events, watched by one small poller process that asks the status server
+# every 5 ms (spawning curl every few ms would itself take CPU from the broker on a small
+# machine). rdkafka_performance's own figure (it starts its clock after it is
 # set up) is printed too. A third row drains the same kind of filled channel into the null sink:
 # the ceiling the channel itself allows. A warm-up round of both comes first and is not counted
 # (a fresh broker is several times slower at first). Besides the ratio of the medians, the
@@ -129,7 +129,7 @@ baselineRun() {  # prints "events/s-by-the-stopwatch events/s-self-reported"
 }
 
 # Waits until the agent logging to LOG has drained TARGET events through sink k (its
-# /metrics.json), on one kept-alive connection, looking every 5 ms; prints the time (ns since
+# /metrics.json), looking every 5 ms from one process; prints the time (ns since
 # the epoch) it first saw them. Exits non-zero when the agent PID is gone or after 600 s.
 #   waitDrained LOG PID TARGET
 waitDrained() {
@@ -279,8 +279,14 @@ echo "kafka_bench: warm-up round (not counted)" >&2
 baselineRun warm-bare >/dev/null
 (sluiceRun warm-sluice) >/dev/null  # a subshell: sluiceRun sets its own EXIT trap
 for ((r = 1; r <= runs; r++)); do
-  read -r b own < <(baselineRun "bare-$r")
-  s="$(sluiceRun "sluice-$r")"
+  # The order alternates, so neither side always meets the broker as the other left it.
+  if ((r % 2)); then
+    read -r b own < <(baselineRun "bare-$r")
+    s="$(sluiceRun "sluice-$r")"
+  else
+    s="$(sluiceRun "sluice-$r")"
+    read -r b own < <(baselineRun "bare-$r")
+  fi
   z="$(sluiceRun "null-$r" null)"
   echo "kafka_bench: run $r: $baseline_name $b events/s (own figure $own), sluice $s events/s," \
     "file channel -> null $z events/s" >&2
