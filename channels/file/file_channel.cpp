@@ -183,6 +183,7 @@ void FileCursor::commitTake(uint64_t id) {
     if (!ledger_.hasOutstanding()) delete this;
     return;
   }
+  channel_->commit_->inc();
   channel_->journalSoon(this);
   uint64_t old = ledger_.lowWater();
   ledger_.recomputeLowWater();
@@ -226,6 +227,7 @@ FileChannel::FileChannel(const FileChannelConfig& config, const BuildContext& co
   take_attempt_ = &metrics_->counter("EventTakeAttemptCount");
   take_success_ = &metrics_->counter("EventTakeSuccessCount");
   rollback_ = &metrics_->counter("RollbackCount");
+  commit_ = &metrics_->counter("CommitCount");
   fsync_count_ = &metrics_->counter("FsyncCount");
   corrupt_ = &metrics_->counter("CorruptRecordCount");
   damaged_ = &metrics_->counter("DamagedSegmentCount");

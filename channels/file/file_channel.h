@@ -106,7 +106,8 @@
 //
 // Metrics: ChannelSize, ChannelBytes (on disk), ChannelCapacity (max_bytes),
 // ChannelFillPercentage, EventPutAttemptCount, EventPutSuccessCount, PutRefusedCount,
-// EventTakeAttemptCount, EventTakeSuccessCount, RollbackCount, FsyncCount, FsyncLatencyMaxMs
+// EventTakeAttemptCount, EventTakeSuccessCount, CommitCount (takes committed), RollbackCount,
+// FsyncCount, FsyncLatencyMaxMs
 // (largest fdatasync of the last 10 s), CorruptRecordCount, DamagedSegmentCount,
 // WriteErrorCount, and ConsumerLag_<consumer> per consumer.
 
@@ -365,6 +366,7 @@ class FileChannel final : public Channel {
   Counter* take_attempt_;
   Counter* take_success_;
   Counter* rollback_;
+  Counter* commit_;
   Counter* fsync_count_;
   Counter* corrupt_;
   Counter* damaged_;

@@ -57,6 +57,7 @@ void MemoryCursor::commitTake(uint64_t id) {
     if (!ledger_.hasOutstanding()) delete this;
     return;
   }
+  channel_->commit_->inc();
   uint64_t old = ledger_.lowWater();
   ledger_.recomputeLowWater();
   // Only the cursor(s) at the channel's head hold data back.
@@ -91,6 +92,7 @@ MemoryChannel::MemoryChannel(const MemoryChannelConfig& config, const BuildConte
   take_attempt_ = &metrics_->counter("EventTakeAttemptCount");
   take_success_ = &metrics_->counter("EventTakeSuccessCount");
   rollback_ = &metrics_->counter("RollbackCount");
+  commit_ = &metrics_->counter("CommitCount");
   metrics_->gauge(
       "ChannelSize", [this] { return static_cast<double>(tail_pos_ - head_pos_); }, this);
   metrics_->gauge(

@@ -162,6 +162,7 @@ class MemoryChannel final : public Channel {
   Counter* take_attempt_;
   Counter* take_success_;
   Counter* rollback_;
+  Counter* commit_;
 
   std::deque<Entry> entries_;
   uint64_t head_pos_ = 0;

@@ -223,7 +223,10 @@ TEST_CASE("file channel: rollback comes first, out-of-order commits, two consume
         std::vector<std::string>{"e0", "e1", "e2", "e3", "e4", "e15", "e16", "e17", "e18", "e19"});
   t3.commit();
   CHECK(a.lag() == 0);
+  CHECK(ch->metrics()->counter("CommitCount").value() == 2);
+  CHECK(ch->metrics()->counter("RollbackCount").value() == 1);
   CHECK(drain(b) == range(0, 20));
+  CHECK(ch->metrics()->counter("CommitCount").value() == 3);
 }
 
 TEST_CASE("file channel: restart keeps uncommitted events and cursors, reads no old segment") {

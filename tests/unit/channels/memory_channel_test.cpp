@@ -518,6 +518,7 @@ TEST_CASE("memory channel: metrics") {
     CHECK(sample(*metrics, "EventTakeAttemptCount") == 2);
     CHECK(sample(*metrics, "EventTakeSuccessCount") == 7);
     CHECK(sample(*metrics, "RollbackCount") == 1);
+    CHECK(sample(*metrics, "CommitCount") == 1);
     CHECK(sample(*metrics, "ChannelSize") == 1);
     CHECK(sample(*metrics, "ChannelBytes") == 8);
     CHECK(sample(*metrics, "ChannelCapacity") == 10);
@@ -525,7 +526,7 @@ TEST_CASE("memory channel: metrics") {
   }
   // Gauges cleared when the channel dies; counters stay.
   for (const auto& s : metrics->samples()) CHECK(s.is_counter);
-  CHECK(metrics->samples().size() == 6);
+  CHECK(metrics->samples().size() == 7);
 
   // Without a MetricSet the channel makes its own.
   MemoryChannel own(bounds(4, 1024), l.context());
