@@ -144,6 +144,25 @@ class CursorLedger {
     }
   }
 
+  // The same ranges sorted by position, adjacent ones merged (the lower one's Loc locates the
+  // merged begin): a consumer with many takes outstanding, settling them in order, has one.
+  std::vector<Range> mergedUncommitted() const {
+    std::vector<Range> ranges;
+    forEachUncommitted([&ranges](const Range& r) { ranges.push_back(r); });
+    std::sort(ranges.begin(), ranges.end(),
+              [](const Range& a, const Range& b) { return a.begin < b.begin; });
+    size_t n = 0;
+    for (const auto& r : ranges) {
+      if (n > 0 && ranges[n - 1].end == r.begin) {
+        ranges[n - 1].end = r.end;
+      } else {
+        ranges[n++] = r;
+      }
+    }
+    ranges.resize(n);
+    return ranges;
+  }
+
   // Restores a saved state (see forEachUncommitted) into a ledger with nothing outstanding: the
   // uncommitted ranges become rolled back, so they are handed out first, then [next, tail).
   // Ranges must lie below `next` and not overlap.

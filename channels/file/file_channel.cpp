@@ -108,31 +108,18 @@ Loc getLoc(const char* p) {
 }
 
 std::string encodeJournal(const CursorLedger<Loc>& ledger) {
-  // Adjacent ranges are written as one (the lower one's Loc locates the merged begin): a sink
-  // with many takes outstanding, committing in order, leaves one range, not one per take, so a
-  // commit's journal record stays small however many takes are in flight.
-  std::vector<CursorLedger<Loc>::Range> ranges;
-  ledger.forEachUncommitted([&](const CursorLedger<Loc>::Range& r) { ranges.push_back(r); });
-  std::sort(ranges.begin(), ranges.end(),
-            [](const auto& a, const auto& b) { return a.begin < b.begin; });
-  size_t n = 0;
-  for (const auto& r : ranges) {
-    if (n > 0 && ranges[n - 1].end == r.begin) {
-      ranges[n - 1].end = r.end;
-    } else {
-      ranges[n++] = r;
-    }
-  }
+  // Merged ranges: the record stays small however many takes are in flight.
+  auto ranges = ledger.mergedUncommitted();
   std::string s;
-  s.reserve(40 + n * 40);
+  s.reserve(40 + ranges.size() * 40);
   filech::putU32(s, 1);
   filech::putU64(s, ledger.nextPos());
   putLoc(s, ledger.nextLoc());
-  filech::putU32(s, static_cast<uint32_t>(n));
-  for (size_t i = 0; i < n; ++i) {
-    filech::putU64(s, ranges[i].begin);
-    filech::putU64(s, ranges[i].end);
-    putLoc(s, ranges[i].loc);
+  filech::putU32(s, static_cast<uint32_t>(ranges.size()));
+  for (const auto& r : ranges) {
+    filech::putU64(s, r.begin);
+    filech::putU64(s, r.end);
+    putLoc(s, r.loc);
   }
   return s;
 }
@@ -1027,6 +1014,18 @@ Loc FileChannel::locate(uint64_t pos) const {
   return {it->first, 0, it->first};
 }
 
+// A persisted cursor's low water: the first uncommitted range, else its next position.
+void FileChannel::setLowFromJournal(PersistedCursor& pc) {
+  pc.low = pc.next;
+  pc.loc = pc.next_loc;
+  for (const auto& r : pc.uncommitted) {
+    if (r.begin < pc.low) {
+      pc.low = r.begin;
+      pc.loc = r.loc;
+    }
+  }
+}
+
 // Start-up: a journal entry newer than (or as new as) a cursor file replaces it.
 void FileChannel::mergeJournal() {
   for (const auto& [key, value] : positions_) {
@@ -1042,18 +1041,13 @@ void FileChannel::mergeJournal() {
       pc.next_loc = getLoc(p + 12);
       uint32_t n = filech::getU32(p + 36);
       ok = value.size() == fixed + static_cast<size_t>(n) * 40;
-      pc.low = pc.next;
-      pc.loc = pc.next_loc;
       for (uint32_t i = 0; ok && i < n; ++i) {
         const char* r = p + fixed + static_cast<size_t>(i) * 40;
         CursorLedger<Loc>::Range range{filech::getU64(r), filech::getU64(r + 8), getLoc(r + 16)};
         if (range.begin >= range.end || range.end > pc.next) ok = false;
-        if (range.begin < pc.low) {
-          pc.low = range.begin;
-          pc.loc = range.loc;
-        }
         pc.uncommitted.push_back(range);
       }
+      setLowFromJournal(pc);
     }
     if (!ok) {
       spdlog::warn(
@@ -1076,14 +1070,7 @@ void FileChannel::mergeJournal() {
         kept.push_back(r);
       }
       pc.uncommitted = std::move(kept);
-      pc.low = pc.next;
-      pc.loc = pc.next_loc;
-      for (const auto& r : pc.uncommitted) {
-        if (r.begin < pc.low) {
-          pc.low = r.begin;
-          pc.loc = r.loc;
-        }
-      }
+      setLowFromJournal(pc);
     }
     persisted_[name] = std::move(pc);
   }

@@ -321,6 +321,7 @@ class FileChannel final : public Channel {
   void journalSoon(FileCursor* c);
   void flushJournals();
   bool journalUsable(const PersistedCursor& pc) const;
+  static void setLowFromJournal(PersistedCursor& pc);
   // The start of the segment that holds event pos (collect skips the records before pos).
   Loc locate(uint64_t pos) const;
   void mergeJournal();

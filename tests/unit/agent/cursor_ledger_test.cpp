@@ -68,6 +68,20 @@ TEST_CASE("cursor ledger: takes hand out new positions in order and commits rais
   CHECK(l.lag(20) == 2);
 }
 
+TEST_CASE("cursor ledger: uncommitted ranges come sorted, adjacent ones merged") {
+  Ledger l(0, NoLoc{});
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(take(l, 100, 10).second);  // [0,10) ... [40,50)
+  CHECK(l.commit(ids[2]));                                             // [20,30) committed
+  CHECK(l.rollback(ids[4]));  // [40,50) rolled back, still uncommitted
+  auto ranges = l.mergedUncommitted();
+  REQUIRE(ranges.size() == 2);
+  CHECK(ranges[0].begin == 0);
+  CHECK(ranges[0].end == 20);
+  CHECK(ranges[1].begin == 30);
+  CHECK(ranges[1].end == 50);
+}
+
 TEST_CASE("cursor ledger: unknown or already settled takes are ignored") {
   Ledger l(0, NoLoc{});
   auto [a, id] = take(l, 5, 5);
