@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -319,8 +320,9 @@ struct MsgRef {
   uint64_t produced_ns = 0;  // uv_hrtime at produce
 };
 
-// One deliver() call. Holds its own copy of the take's slices, so the batches stay alive for
-// the poll thread whatever happens to the Take.
+// One deliver() call. Holds its own copy of the take's slices, so the batches stay alive until
+// every event is reported whatever happens to the Take: librdkafka reads the bodies from them
+// (they are not copied), and a dead letter is written from them.
 struct Delivery {
   std::vector<Slice> slices;
   size_t total = 0;
@@ -346,6 +348,7 @@ struct Report {
   bool from_kafka;
 };
 
+// A dead letter for the writer thread; `line` is built on the loop, where the event lives.
 struct DeadLetterJob {
   MsgRef* ref;
   std::string line;
@@ -414,7 +417,8 @@ class KafkaSink : public Sink {
   ~KafkaSink() override {
     metrics_->clearGauges(this);
     if (thread_.joinable()) {
-      requestStop(Millis(0));
+      polling_ = false;
+      requestStop();
       thread_.join();
     } else if (rk_) {
       rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
@@ -423,7 +427,7 @@ class KafkaSink : public Sink {
     }
     rk_ = nullptr;
     if (dl_fd_ >= 0) ::close(dl_fd_);
-    closeAsync();
+    closeHandles();
   }
 
   void start(SinkContext& ctx) override {
@@ -431,7 +435,12 @@ class KafkaSink : public Sink {
     async_ = new uv_async_t;
     uv_async_init(ctx.loop(), async_, &KafkaSink::onAsync);
     async_->data = this;
-    thread_ = std::thread([this] { pollThread(); });
+    // librdkafka calls onQueueEvent (from its own threads) when something is put on the main
+    // queue (delivery reports, errors, statistics); the loop then serves the queue.
+    mainq_ = rd_kafka_queue_get_main(rk_);
+    rd_kafka_queue_cb_event_enable(mainq_, &KafkaSink::onQueueEvent, this);
+    polling_ = true;
+    thread_ = std::thread([this] { writerThread(); });
   }
 
   void setProducer(rd_kafka_t* rk) { rk_ = rk; }
@@ -486,6 +495,9 @@ class KafkaSink : public Sink {
     rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
   }
 
+  // The group stops a sink once nothing is outstanding; should deliveries still be open, their
+  // events get flush_timeout to be acknowledged, then they are purged (answered Retry, so a
+  // file channel keeps them). Then the writer thread destroys the producer off the loop.
   void stop(std::function<void()> done) override {
     stopping_ = true;
     if (!thread_.joinable()) {
@@ -493,17 +505,44 @@ class KafkaSink : public Sink {
       return;
     }
     stop_done_ = std::move(done);
-    requestStop(cfg_.flush_timeout);
+    if (deliveries_.empty() || cfg_.flush_timeout.count() == 0) {
+      shutDown();
+      return;
+    }
+    flush_timer_ = new uv_timer_t;
+    uv_timer_init(ctx_->loop(), flush_timer_);
+    flush_timer_->data = this;
+    uv_timer_start(
+        flush_timer_,
+        [](uv_timer_t* t) {
+          auto* self = static_cast<KafkaSink*>(t->data);
+          spdlog::warn("kafka sink '{}': {} events not confirmed within flush_timeout; purged",
+                       self->name_, self->in_flight_);
+          rd_kafka_purge(self->rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+          self->serveQueue();
+          self->shutDown();
+        },
+        static_cast<uint64_t>(cfg_.flush_timeout.count()), 0);
   }
 
-  // --- librdkafka callbacks (poll thread) ---------------------------------------------------
+  // --- librdkafka callbacks -----------------------------------------------------------------
+  // Delivery reports, errors and statistics run on the loop thread, inside serveQueue's
+  // rd_kafka_poll: the thread that produced a message also frees it (a report handled on
+  // another thread made the two contend for the allocator's lock on every message). Logs and
+  // onQueueEvent come from librdkafka's threads.
+
+  static void onQueueEvent(rd_kafka_t*, void* opaque) {
+    auto* self = static_cast<KafkaSink*>(opaque);
+    std::lock_guard lock(self->mutex_);
+    if (self->async_) uv_async_send(self->async_);
+  }
 
   static void onDeliveryReport(rd_kafka_t*, const rd_kafka_message_t* msg, void* opaque) {
     auto* self = static_cast<KafkaSink*>(opaque);
     auto* ref = static_cast<MsgRef*>(msg->_private);
     if (!ref) return;
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-      self->local_reports_.push_back({ref, Outcome::Delivered, msg->err, true});
+      self->resolve(ref, Outcome::Delivered, msg->err, true);
       return;
     }
     if (isPermanent(msg->err)) {
@@ -511,14 +550,13 @@ class KafkaSink : public Sink {
       std::optional<std::string_view> key;
       if (msg->key) key = std::string_view(static_cast<const char*>(msg->key), msg->key_len);
       const char* topic = msg->rkt ? rd_kafka_topic_name(msg->rkt) : "";
-      self->local_dead_letters_.push_back(
-          {ref,
-           deadLetterLine(self->name_, rd_kafka_err2str(msg->err), msg->err, topic, key,
-                          (*ref->batch)[ref->index]),
-           msg->err, true});
+      self->queueDeadLetter({ref,
+                             deadLetterLine(self->name_, rd_kafka_err2str(msg->err), msg->err,
+                                            topic, key, (*ref->batch)[ref->index]),
+                             msg->err, true});
       return;
     }
-    self->local_reports_.push_back({ref, Outcome::Retriable, msg->err, true});
+    self->resolve(ref, Outcome::Retriable, msg->err, true);
   }
 
   static void onError(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
@@ -689,12 +727,14 @@ class KafkaSink : public Sink {
       value = value_buf_;
     }
     int64_t ts_ms = ev.timestampNs() / 1'000'000;
+    // A body is not copied: it stays in the take's batch, which the delivery holds until the
+    // event's report. A JSON envelope is built in a reused buffer, so librdkafka copies it.
+    int flags = json_ ? RD_KAFKA_MSG_F_COPY : 0;
     rd_kafka_topic_t* rkt = topicHandle(*topic);
     rd_kafka_resp_err_t err;
     if (rkt) {
       err = rd_kafka_producev(
-          rk_, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition),
-          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          rk_, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_MSGFLAGS(flags),
           RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
           RD_KAFKA_V_KEY(has_key ? key_buf_.data() : nullptr, has_key ? key_buf_.size() : 0),
           RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_TIMESTAMP(ts_ms > 0 ? ts_ms : 0),
@@ -702,7 +742,7 @@ class KafkaSink : public Sink {
     } else {  // no handle (librdkafka refused it): by name, for librdkafka's own error
       err = rd_kafka_producev(
           rk_, RD_KAFKA_V_TOPIC(topic->c_str()), RD_KAFKA_V_PARTITION(partition),
-          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          RD_KAFKA_V_MSGFLAGS(flags),
           RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
           RD_KAFKA_V_KEY(has_key ? key_buf_.data() : nullptr, has_key ? key_buf_.size() : 0),
           RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_TIMESTAMP(ts_ms > 0 ? ts_ms : 0),
@@ -721,14 +761,20 @@ class KafkaSink : public Sink {
   void deadLetter(MsgRef& ref, const std::string& reason, std::string_view topic,
                   rd_kafka_resp_err_t err, std::optional<std::string_view> key,
                   const EventView& ev) {
-    std::string line = deadLetterLine(name_, reason, err, topic, key, ev);
-    std::lock_guard lock(mutex_);
-    dl_jobs_.push_back({&ref, std::move(line), err, false});
+    queueDeadLetter({&ref, deadLetterLine(name_, reason, err, topic, key, ev), err, false});
+  }
+
+  void queueDeadLetter(DeadLetterJob job) {
+    {
+      std::lock_guard lock(mutex_);
+      dl_jobs_.push_back(std::move(job));
+    }
+    cv_.notify_one();
   }
 
   // A handle per rendered topic name: producing by handle (RD_KAFKA_V_RKT) spares librdkafka a
   // topic lookup under its lock, and a handle of its own, per message. Loop thread while the
-  // sink runs; the poll thread destroys the handles once the loop produces no more (stop).
+  // sink runs; the writer thread destroys the handles once the loop produces no more (stop).
   // Bounded: a template that keeps rendering new names (one per day or per host) starts a fresh
   // cache past kMaxTopicHandles. Null when librdkafka refuses the name.
   rd_kafka_topic_t* topicHandle(const std::string& name) {
@@ -755,64 +801,77 @@ class KafkaSink : public Sink {
     if (self) self->drainReports();
   }
 
+  // Serves librdkafka's main queue on the loop: delivery reports (onDeliveryReport resolves
+  // each event), errors and statistics. Never blocks (timeout 0).
+  void serveQueue() {
+    if (!polling_) return;
+    poll_now_ = uv_hrtime();
+    rd_kafka_poll(rk_, 0);
+  }
+
+  // Applies one event's final outcome to its delivery (loop thread). A delivery that is done
+  // is answered by the caller, after the poll: never from inside a librdkafka callback.
+  void resolve(MsgRef* ref, Outcome outcome, rd_kafka_resp_err_t err, bool from_kafka) {
+    Delivery* d = ref->delivery;
+    if (from_kafka) {
+      --in_flight_;
+      if (outcome == Outcome::Delivered) {
+        double ms = static_cast<double>(poll_now_ - ref->produced_ns) / 1e6;
+        latency_last_ms_ = ms;
+        latency_avg_ms_ = latency_samples_++ == 0 ? ms : latency_avg_ms_ * 0.9 + ms * 0.1;
+      }
+    }
+    ++d->resolved;
+    if (outcome == Outcome::DeadLettered) {
+      ++d->dead_lettered;
+      dead_letters_->inc();
+    } else if (outcome == Outcome::Retriable) {
+      errors_[static_cast<size_t>(kindOf(err))]->inc();
+      if (!d->retry) {
+        d->retry = true;
+        d->retry_reason = rd_kafka_err2str(err);
+      }
+      if (d->queued) {
+        // Nothing more of it is produced: it will be rolled back anyway.
+        blocked_.erase(std::find(blocked_.begin(), blocked_.end(), d));
+        d->queued = false;
+      }
+    }
+    if (d->finished()) finished_.push_back(d);
+  }
+
   void drainReports() {
-    std::vector<Report> reports;
+    serveQueue();
+    std::vector<Report> written;  // dead letters the writer thread finished
     bool brokers_changed = false;
     bool thread_done = false;
     {
       std::lock_guard lock(mutex_);
-      reports.swap(reports_);
+      written.swap(reports_);
       brokers_changed = brokers_changed_;
       brokers_changed_ = false;
       thread_done = thread_done_;
     }
     if (brokers_changed) registerBrokerGauges();
-    std::vector<Delivery*> finished;
+    poll_now_ = uv_hrtime();
+    for (const auto& r : written) resolve(r.ref, r.outcome, r.err, r.from_kafka);
     bool was_blocked = !blocked_.empty();
-    uint64_t now = uv_hrtime();
-    for (const auto& r : reports) {
-      MsgRef* ref = r.ref;
-      Delivery* d = ref->delivery;
-      if (r.from_kafka) {
-        --in_flight_;
-        if (r.outcome == Outcome::Delivered) {
-          double ms = static_cast<double>(now - ref->produced_ns) / 1e6;
-          latency_last_ms_ = ms;
-          latency_avg_ms_ = latency_samples_++ == 0 ? ms : latency_avg_ms_ * 0.9 + ms * 0.1;
-        }
-      }
-      ++d->resolved;
-      if (r.outcome == Outcome::DeadLettered) {
-        ++d->dead_lettered;
-        dead_letters_->inc();
-      } else if (r.outcome == Outcome::Retriable) {
-        errors_[static_cast<size_t>(kindOf(r.err))]->inc();
-        if (!d->retry) {
-          d->retry = true;
-          d->retry_reason = rd_kafka_err2str(r.err);
-        }
-        if (d->queued) {
-          // Nothing more of it is produced: it will be rolled back anyway.
-          blocked_.erase(std::find(blocked_.begin(), blocked_.end(), d));
-          d->queued = false;
-        }
-      }
-      if (d->finished() && d->resolved == d->submitted) finished.push_back(d);
-    }
-    while (!blocked_.empty()) {
+    while (!blocked_.empty() && polling_) {
       Delivery* d = blocked_.front();
       if (!produce(d)) break;
       d->queued = false;
       blocked_.pop_front();
-      if (d->finished()) finished.push_back(d);
+      if (d->finished()) finished_.push_back(d);
     }
     // A delivery may be listed twice (a report finished it, then it left the blocked queue).
+    std::vector<Delivery*> finished;
+    finished.swap(finished_);
     std::sort(finished.begin(), finished.end());
     finished.erase(std::unique(finished.begin(), finished.end()), finished.end());
     finish(finished);
     if (thread_done) {
-      // The group stops a sink only once nothing is outstanding; should anything be left
-      // (never produced for lack of queue room), it is answered Retry, never dropped.
+      // The producer is gone; should anything be left (purged at the flush deadline, or never
+      // produced for lack of queue room), it is answered Retry, never dropped.
       std::vector<Delivery*> left;
       for (auto& [d, owned] : deliveries_) {
         d->retry = true;
@@ -823,13 +882,14 @@ class KafkaSink : public Sink {
       blocked_.clear();
       finish(left);
       thread_.join();
-      rk_ = nullptr;  // destroyed by the poll thread
-      closeAsync();
+      rk_ = nullptr;  // destroyed by the writer thread
+      closeHandles();
       auto done = std::move(stop_done_);
       stop_done_ = nullptr;
       if (done) done();
       return;
     }
+    if (stopping_ && flush_timer_ && polling_ && deliveries_.empty()) shutDown();
     if (was_blocked && blocked_.empty() && ctx_ && !stopping_) ctx_->wake();
   }
 
@@ -873,48 +933,62 @@ class KafkaSink : public Sink {
     }
   }
 
-  void closeAsync() {
-    if (!async_) return;
-    async_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(async_),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
-    async_ = nullptr;
-  }
-
-  void requestStop(Millis flush) {
-    std::lock_guard lock(mutex_);
-    flush_ms_ = static_cast<int>(flush.count());
-    stop_requested_ = true;
-  }
-
-  // --- poll thread ---------------------------------------------------------------------------
-
-  void pollThread() {
-    for (;;) {
-      {
-        std::lock_guard lock(mutex_);
-        if (stop_requested_) break;
-      }
-      rd_kafka_poll(rk_, 50);
-      writeDeadLetters();
-      publish();
+  // Called once the writer thread is joined (librdkafka, which signals async_, is gone).
+  void closeHandles() {
+    if (async_) {
+      std::lock_guard lock(mutex_);
+      async_->data = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(async_),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+      async_ = nullptr;
     }
-    int flush_ms = 0;
+    if (flush_timer_) {
+      uv_close(reinterpret_cast<uv_handle_t*>(flush_timer_),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+      flush_timer_ = nullptr;
+    }
+  }
+
+  // The loop produces and polls no more; the writer thread writes what dead letters are left,
+  // then destroys the producer (which can block) and reports back through async_.
+  void shutDown() {
+    if (flush_timer_) uv_timer_stop(flush_timer_);
+    polling_ = false;
+    requestStop();
+  }
+
+  void requestStop() {
     {
       std::lock_guard lock(mutex_);
-      flush_ms = flush_ms_;
+      stop_requested_ = true;
     }
-    // Whatever is still queued gets the deadline to reach the broker; the rest is purged and
-    // reported as retriable (the group rolls it back; a file channel keeps it).
-    rd_kafka_resp_err_t err = rd_kafka_flush(rk_, flush_ms);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-      spdlog::warn("kafka sink '{}': {} messages not confirmed within the flush deadline", name_,
-                   rd_kafka_outq_len(rk_));
-      rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-      rd_kafka_poll(rk_, 0);
+    cv_.notify_one();
+  }
+
+  // --- writer thread -------------------------------------------------------------------------
+
+  void writerThread() {
+    std::vector<DeadLetterJob> jobs;
+    for (;;) {
+      bool stop = false;
+      {
+        std::unique_lock lock(mutex_);
+        cv_.wait(lock, [this] { return !dl_jobs_.empty() || stop_requested_; });
+        jobs.swap(dl_jobs_);
+        stop = stop_requested_;
+      }
+      writeDeadLetters(jobs);
+      jobs.clear();
+      if (stop) break;
     }
-    writeDeadLetters();
-    publish();
+    // Anything librdkafka still holds was given up at the flush deadline (or the sink is
+    // destroyed without a stop): purged, unreported, answered Retry by the loop.
+    rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    if (mainq_) {
+      rd_kafka_queue_cb_event_enable(mainq_, nullptr, nullptr);
+      rd_kafka_queue_destroy(mainq_);
+      mainq_ = nullptr;
+    }
     destroyTopics();
     rd_kafka_destroy(rk_);
     {
@@ -924,18 +998,13 @@ class KafkaSink : public Sink {
     }
   }
 
-  // Appends the dead letters gathered by this round (from delivery reports and from the loop)
-  // and syncs the file once, before their events are reported as dead-lettered: a batch never
-  // commits ahead of its dead letters being durable. A failed write reports them retriable.
-  void writeDeadLetters() {
-    {
-      std::lock_guard lock(mutex_);
-      for (auto& job : dl_jobs_) local_dead_letters_.push_back(std::move(job));
-      dl_jobs_.clear();
-    }
-    if (local_dead_letters_.empty()) return;
+  // Appends a round of dead letters and syncs the file once, before their events are reported
+  // as dead-lettered: a batch never commits ahead of its dead letters being durable. A failed
+  // write reports them retriable.
+  void writeDeadLetters(const std::vector<DeadLetterJob>& jobs) {
+    if (jobs.empty()) return;
     bool ok = openDeadLetterFile();
-    for (const auto& job : local_dead_letters_) {
+    for (const auto& job : jobs) {
       if (!ok) break;
       const char* p = job.line.data();
       size_t left = job.line.size();
@@ -955,11 +1024,12 @@ class KafkaSink : public Sink {
       spdlog::error("kafka sink '{}': cannot write the dead-letter file {}: {}", name_,
                     dead_letter_path_, std::strerror(errno));
     }
-    for (const auto& job : local_dead_letters_) {
-      local_reports_.push_back({job.ref, ok ? Outcome::DeadLettered : Outcome::Retriable,
-                                ok ? job.err : RD_KAFKA_RESP_ERR__FS, job.from_kafka});
+    std::lock_guard lock(mutex_);
+    for (const auto& job : jobs) {
+      reports_.push_back({job.ref, ok ? Outcome::DeadLettered : Outcome::Retriable,
+                          ok ? job.err : RD_KAFKA_RESP_ERR__FS, job.from_kafka});
     }
-    local_dead_letters_.clear();
+    if (async_) uv_async_send(async_);
   }
 
   bool openDeadLetterFile() {
@@ -969,18 +1039,6 @@ class KafkaSink : public Sink {
     if (!parent.empty()) std::filesystem::create_directories(parent, ec);
     dl_fd_ = ::open(dead_letter_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     return dl_fd_ >= 0;
-  }
-
-  void publish() {
-    if (local_reports_.empty()) return;
-    std::lock_guard lock(mutex_);
-    if (reports_.empty()) {
-      reports_.swap(local_reports_);
-    } else {
-      reports_.insert(reports_.end(), local_reports_.begin(), local_reports_.end());
-      local_reports_.clear();
-    }
-    if (async_) uv_async_send(async_);
   }
 
   KafkaConfig cfg_;
@@ -997,16 +1055,21 @@ class KafkaSink : public Sink {
   std::string literal_topic_;  // the topic when the template is literal
   bool literal_topic_valid_ = false;
 
-  // Loop thread while running; the poll thread after stop (see topicHandle).
+  // Loop thread while running; the writer thread after stop (see topicHandle).
   static constexpr size_t kMaxTopicHandles = 1024;
   std::unordered_map<std::string, rd_kafka_topic_t*> topics_;
   rd_kafka_topic_t* literal_rkt_ = nullptr;
+  rd_kafka_queue_t* mainq_ = nullptr;
 
   // Loop thread only.
   std::unordered_map<Delivery*, std::unique_ptr<Delivery>> deliveries_;
-  std::deque<Delivery*> blocked_;  // deliveries with events left to produce, in order
+  std::deque<Delivery*> blocked_;    // deliveries with events left to produce, in order
+  std::vector<Delivery*> finished_;  // done during a poll; answered after it
+  bool polling_ = false;             // the loop serves librdkafka's queue (start .. shutDown)
   bool stopping_ = false;
   std::function<void()> stop_done_;
+  uv_timer_t* flush_timer_ = nullptr;
+  uint64_t poll_now_ = 0;  // uv_hrtime of the current poll, for the latency metric
   size_t in_flight_ = 0;
   double latency_last_ms_ = 0;
   double latency_avg_ms_ = 0;
@@ -1018,22 +1081,20 @@ class KafkaSink : public Sink {
   Counter* dead_letters_ = nullptr;
   Counter* queue_full_ = nullptr;
 
-  // Poll thread only.
-  std::vector<Report> local_reports_;
-  std::vector<DeadLetterJob> local_dead_letters_;
+  // Writer thread only.
   int dl_fd_ = -1;
 
   // Shared, under mutex_.
   std::mutex mutex_;
-  uv_async_t* async_ = nullptr;  // set before the thread starts; cleared after it is joined
-  std::vector<Report> reports_;
+  std::condition_variable cv_;   // the writer thread waits for dead letters or the stop
+  uv_async_t* async_ = nullptr;  // set before the threads start; cleared after they are gone
+  std::vector<Report> reports_;  // written dead letters, for the loop
   std::vector<DeadLetterJob> dl_jobs_;
   std::map<int32_t, bool> brokers_;
   uint64_t producer_retries_ = 0;
   bool brokers_changed_ = false;
   bool stop_requested_ = false;
   bool thread_done_ = false;
-  int flush_ms_ = 0;
 
   std::thread thread_;
 };

@@ -3,10 +3,12 @@
 // answers Ok only once the broker acknowledged every event (acks=all, idempotent producer by
 // default) or a permanently refused event went to the dead-letter file. See docs/kafka.md.
 //
-// Threads: deliver/ready/stop run on the loop thread and never block. One poll thread per sink
-// runs rd_kafka_poll (delivery reports, statistics, errors), writes dead letters, and hands
-// results to the loop with uv_async_send. At stop the poll thread flushes with a deadline and
-// destroys the producer, so the loop never waits on librdkafka.
+// Threads: deliver/ready/stop run on the loop thread and never block. librdkafka signals the
+// loop (uv_async) when its main queue has something; the loop serves it with a non-blocking
+// rd_kafka_poll, so delivery reports, errors and statistics are handled on the thread that
+// produced the messages. One writer thread per sink appends dead letters (with fdatasync) and
+// hands the results to the loop with uv_async_send; at stop it destroys the producer, so the
+// loop never waits on librdkafka or on the disk.
 
 #include <map>
 #include <string>

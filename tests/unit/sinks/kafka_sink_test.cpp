@@ -638,3 +638,38 @@ TEST_CASE("kafka sink: stop flushes and calls done; an empty take is Ok at once"
   REQUIRE(f->waitFor(a));
   f.reset();  // stop() (flush on the poll thread) then destruction; must not hang or leak
 }
+
+TEST_CASE("kafka sink: stop with deliveries open waits flush_timeout, then answers them Retry") {
+  // The group stops a sink only once nothing is outstanding; called directly with deliveries
+  // open, the sink still loses none: acknowledged in time → Ok, past the deadline → Retry.
+  MockCluster mc(1);
+  mc.topic("t", 1, 1);
+  SUBCASE("acknowledged within the deadline") {
+    Fixture f(baseYaml(mc, "topic: t\nflush_timeout: 10s\n"));
+    size_t a = f.deliver(20);
+    bool stopped = false;
+    f.sink->stop([&] {
+      stopped = true;
+      CHECK(f.results[a].has_value());  // answered before the stop completes
+    });
+    REQUIRE(f.tl.runUntil([&] { return stopped; }));
+    REQUIRE(f.results[a].has_value());
+    CHECK(f.results[a]->status == DeliveryStatus::Ok);
+    CHECK(consume(mc.bootstraps(), "t", 1, 20).size() == 20);
+  }
+  SUBCASE("the broker is down: purged at the deadline") {
+    rd_kafka_mock_broker_set_down(mc.mc, 1);
+    Fixture f(baseYaml(mc, "topic: t\nflush_timeout: 300ms\nmessage_timeout: 60s\n"));
+    size_t a = f.deliver(20);
+    bool stopped = false;
+    auto t0 = std::chrono::steady_clock::now();
+    f.sink->stop([&] { stopped = true; });
+    REQUIRE(f.tl.runUntil([&] { return stopped; }));
+    auto waited = std::chrono::steady_clock::now() - t0;
+    CHECK(waited >= std::chrono::milliseconds(250));
+    CHECK(waited < std::chrono::seconds(10));
+    REQUIRE(f.results[a].has_value());
+    CHECK(f.results[a]->status == DeliveryStatus::Retry);
+    CHECK(f.ctx.counter("RetryCount") == 1);
+  }
+}
