@@ -9,6 +9,8 @@
 #
 #   tests/bench/kafka_bench.sh [EVENTS] [RUNS]        (defaults: 2000000 9)
 #   SLUICE=path/to/sluice (default build/default/sluice)
+#   SLUICE_BEFORE=path/to/another/sluice: also drains with that build in every run (same broker,
+#   same fill), for a before/after comparison of a change; its row and ratios are printed too.
 #
 # Both are timed by the same stopwatch: from the start of the process until every event is
 # acknowledged by the broker. The bare producer: from its exec to its exit (it exits once every
@@ -22,7 +24,10 @@
 # the ceiling the channel itself allows. A warm-up round of both comes first and is not counted
 # (a fresh broker is several times slower at first). Besides the ratio of the medians, the
 # median of the per-run ratios is printed (each run measures both against the broker as it is
-# then). Asserts nothing; exits non-zero only when a run fails.
+# then). Throughput swings with the broker's state on a small machine; each producer's own CPU
+# time (user + system, per million events; sluice's read when it saw the last acknowledgement)
+# and peak RSS are steadier figures and are printed too. Asserts nothing; exits non-zero only
+# when a run fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"
@@ -30,6 +35,11 @@ root="$(pwd)"
 events="${1:-2000000}"
 runs="${2:-9}"
 sluice="${SLUICE:-$root/build/default/sluice}"
+before="${SLUICE_BEFORE:-}"
+if [ -n "$before" ] && [ ! -x "$before" ]; then
+  echo "kafka_bench: SLUICE_BEFORE=$before is not an executable" >&2
+  exit 1
+fi
 [ -x "$sluice" ] || {
   echo "kafka_bench: no sluice binary at $sluice (set SLUICE=...)" >&2
   exit 1
@@ -103,34 +113,41 @@ filler="$(printf '%0190d' 0 | tr 0 x)"
 # Creates the topic (auto-create) before a timed run, so neither side pays for that.
 warmTopic() { echo warm | kcat -P -b "$bootstrap" -t "$1" -X acks=all; }
 
-baselineRun() {  # prints "events/s-by-the-stopwatch events/s-self-reported"
+# CPU milliseconds (user + system) and peak RSS (KiB) of the bare producer, from /usr/bin/time.
+timeOf() { awk '{ printf "%d %d\n", ($1 + $2) * 1000, $3 }' "$work/time.out"; }
+
+# prints "events/s-by-the-stopwatch events/s-self-reported cpu-ms peak-rss-KiB"
+baselineRun() {
   local topic="$1"
   warmTopic "$topic"
   if [ "$baseline_name" = "rdkafka_performance" ]; then
     local t0 t1 own
     t0=$(date +%s%N)
-    "$work/rdkafka_performance" -P -t "$topic" -b "$bootstrap" -s 200 -c "$events" -a -1 \
+    /usr/bin/time -f '%U %S %M' -o "$work/time.out" \
+      "$work/rdkafka_performance" -P -t "$topic" -b "$bootstrap" -s 200 -c "$events" -a -1 \
       -X enable.idempotence=true -X linger.ms=5 -X batch.num.messages=10000 \
       -X compression.codec=none >"$work/perf.out" 2>&1
     t1=$(date +%s%N)
     own=$(sed -n 's/.* delivered .* in \([0-9]*\)ms: \([0-9]*\) msgs\/s.*/\2/p' "$work/perf.out" |
       tail -n 1)
-    echo "$((events * 1000000000 / (t1 - t0))) ${own:-0}"
+    echo "$((events * 1000000000 / (t1 - t0))) ${own:-0} $(timeOf)"
   else
     awk -v n="$events" -v f="$filler" 'BEGIN { for (i = 1; i <= n; i++) printf "%010d%s\n", i, f }' \
       >"$work/lines.txt"
     local t0 t1
     t0=$(date +%s%N)
-    kcat -P -b "$bootstrap" -t "$topic" -X acks=all -X enable.idempotence=true -X linger.ms=5 \
+    /usr/bin/time -f '%U %S %M' -o "$work/time.out" \
+      kcat -P -b "$bootstrap" -t "$topic" -X acks=all -X enable.idempotence=true -X linger.ms=5 \
       -X batch.num.messages=10000 -l "$work/lines.txt"
     t1=$(date +%s%N)
-    echo "$((events * 1000000000 / (t1 - t0))) $((events * 1000000000 / (t1 - t0)))"
+    echo "$((events * 1000000000 / (t1 - t0))) $((events * 1000000000 / (t1 - t0))) $(timeOf)"
   fi
 }
 
 # Waits until the agent logging to LOG has drained TARGET events through sink k (its
 # /metrics.json), looking every 5 ms from one process; prints the time (ns since
-# the epoch) it first saw them. Exits non-zero when the agent PID is gone or after 600 s.
+# the epoch) it first saw them, the agent's CPU milliseconds (user + system) and its peak RSS
+# (KiB) at that moment. Exits non-zero when the agent PID is gone or after 600 s.
 #   waitDrained LOG PID TARGET
 waitDrained() {
   python3 - "$@" <<'PY'
@@ -153,7 +170,12 @@ while time.time() < deadline:
             conn.request("GET", "/metrics.json")
             done = json.loads(conn.getresponse().read()).get("SINK.k", {}).get("EventDrainSuccessCount", 0)
             if done >= target:
-                print(time.time_ns())
+                t1 = time.time_ns()
+                st = open(f"/proc/{pid}/stat").read()
+                f = st[st.rindex(")") + 2:].split()
+                cpu_ms = (int(f[11]) + int(f[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+                hwm = next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM"))
+                print(t1, cpu_ms, hwm)
                 sys.exit(0)
         except (OSError, http.client.HTTPException, ValueError):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -193,8 +215,13 @@ sinks:
 EOF
 }
 
-sluiceRun() {  # sluiceRun TOPIC [null]: with "null", the drain goes to a null sink instead
-  local topic="$1" drain_sink="${2:-kafka}" dir="$work/run-$1"
+sluiceRun() {  # sluiceRun TOPIC [null|before]: "null" drains into a null sink; "before"
+  # drains with the SLUICE_BEFORE build (the fill always uses SLUICE)
+  local topic="$1" drain_sink="${2:-kafka}" dir="$work/run-$1" drain_bin="$sluice"
+  if [ "$drain_sink" = before ]; then
+    drain_sink=kafka
+    drain_bin="$before"
+  fi
   # This runs in a command substitution, which does not inherit the EXIT trap.
   trap '[ -z "$agent_pid" ] || kill -9 "$agent_pid" 2>/dev/null || true' EXIT
   mkdir -p "$dir"
@@ -251,12 +278,12 @@ sluiceRun() {  # sluiceRun TOPIC [null]: with "null", the drain goes to a null s
       sinkYaml "$bootstrap" "$topic"
     fi
   } >"$dir/drain.yaml"
-  local t0 t1
+  local t0 t1 cpu rss drained
   : >"$dir/drain.err"
   t0=$(date +%s%N)
-  "$sluice" run -c "$dir/drain.yaml" >"$dir/drain.out" 2>"$dir/drain.err" &
+  "$drain_bin" run -c "$dir/drain.yaml" >"$dir/drain.out" 2>"$dir/drain.err" &
   agent_pid=$!
-  t1=$(waitDrained "$dir/drain.err" "$agent_pid" "$events") || {
+  drained=$(waitDrained "$dir/drain.err" "$agent_pid" "$events") || {
     echo "kafka_bench: the channel did not drain" >&2
     cat "$dir/drain.err" >&2
     return 1
@@ -265,7 +292,8 @@ sluiceRun() {  # sluiceRun TOPIC [null]: with "null", the drain goes to a null s
   wait "$agent_pid" || true
   agent_pid=""
   rm -rf "$dir"
-  echo $((events * 1000000000 / (t1 - t0)))
+  read -r t1 cpu rss <<<"$drained"
+  echo "$((events * 1000000000 / (t1 - t0))) $cpu $rss"
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
@@ -274,47 +302,78 @@ base_results=()
 own_results=()
 sluice_results=()
 null_results=()
+before_results=()
+base_cpu=() base_rss=() sluice_cpu=() sluice_rss=() before_cpu=() before_rss=()
 # A fresh broker is several times slower on its first runs (JIT): one round of each, not counted.
 echo "kafka_bench: warm-up round (not counted)" >&2
 baselineRun warm-bare >/dev/null
 (sluiceRun warm-sluice) >/dev/null  # a subshell: sluiceRun sets its own EXIT trap
 for ((r = 1; r <= runs; r++)); do
-  # The order alternates, so neither side always meets the broker as the other left it.
+  # The order alternates (bare, sluice, before; then before, sluice, bare), so no side always
+  # meets the broker as another left it.
+  bo="" so="" xo=""
   if ((r % 2)); then
-    read -r b own < <(baselineRun "bare-$r")
-    s="$(sluiceRun "sluice-$r")"
+    bo="$(baselineRun "bare-$r")"
+    so="$(sluiceRun "sluice-$r")"
+    [ -z "$before" ] || xo="$(sluiceRun "before-$r" before)"
   else
-    s="$(sluiceRun "sluice-$r")"
-    read -r b own < <(baselineRun "bare-$r")
+    [ -z "$before" ] || xo="$(sluiceRun "before-$r" before)"
+    so="$(sluiceRun "sluice-$r")"
+    bo="$(baselineRun "bare-$r")"
   fi
-  z="$(sluiceRun "null-$r" null)"
-  echo "kafka_bench: run $r: $baseline_name $b events/s (own figure $own), sluice $s events/s," \
-    "file channel -> null $z events/s" >&2
-  base_results+=("$b")
-  own_results+=("$own")
-  sluice_results+=("$s")
+  zo="$(sluiceRun "null-$r" null)"
+  read -r b own bc bm <<<"$bo"
+  read -r s sc sm <<<"$so"
+  read -r z _ <<<"$zo"
+  echo "kafka_bench: run $r: $baseline_name $b events/s (own figure $own, ${bc} CPU ms," \
+    "${bm} KiB), sluice $s events/s (${sc} CPU ms, ${sm} KiB), file channel -> null $z" \
+    "events/s${xo:+, SLUICE_BEFORE $xo (events/s CPU-ms KiB)}" >&2
+  if [ -n "$before" ]; then
+    read -r x xc xm <<<"$xo"
+    before_results+=("$x") before_cpu+=("$xc") before_rss+=("$xm")
+  fi
+  base_results+=("$b") own_results+=("$own") base_cpu+=("$bc") base_rss+=("$bm")
+  sluice_results+=("$s") sluice_cpu+=("$sc") sluice_rss+=("$sm")
   null_results+=("$z")
 done
-base_median="$(printf '%s\n' "${base_results[@]}" | median)"
-own_median="$(printf '%s\n' "${own_results[@]}" | median)"
-sluice_median="$(printf '%s\n' "${sluice_results[@]}" | median)"
-null_median="$(printf '%s\n' "${null_results[@]}" | median)"
+med() { printf '%s\n' "$@" | median; }
+# CPU seconds per million events, from CPU milliseconds for $events events.
+perM() { awk -v ms="$1" -v n="$events" 'BEGIN { printf "%.2f", ms / n * 1000 }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+base_median="$(med "${base_results[@]}")"
+own_median="$(med "${own_results[@]}")"
+sluice_median="$(med "${sluice_results[@]}")"
+null_median="$(med "${null_results[@]}")"
+pct() { echo "$(($1 * 100 / (base_median > 0 ? base_median : 1)))%"; }
 
 echo
 echo "Kafka producer throughput: $events events of 200 bytes, acks=all, idempotent, median of $runs"
 echo "broker: Apache Kafka (scripts/kafka-broker.sh, KRaft, 1 node, loopback) at $bootstrap"
-printf '%-44s %14s %10s\n' "producer" "events/s" "vs bare"
-printf '%-44s %14s %10s\n' "$baseline_name (librdkafka $(dpkg-query -W -f='${Version}' librdkafka1 2>/dev/null || echo '?'))" \
-  "$base_median" "100%"
-printf '%-44s %14s %9s%%\n' "  (its own figure, clock started once set up)" "$own_median" \
-  "$((own_median * 100 / (base_median > 0 ? base_median : 1)))"
-printf '%-44s %14s %9s%%\n' "sluice file channel -> kafka sink" "$sluice_median" \
-  "$((sluice_median * 100 / (base_median > 0 ? base_median : 1)))"
-printf '%-44s %14s %9s%%\n' "sluice file channel -> null sink (ceiling)" "$null_median" \
-  "$((null_median * 100 / (base_median > 0 ? base_median : 1)))"
-ratio_median="$(for ((i = 0; i < runs; i++)); do
-  echo $((sluice_results[i] * 100 / (base_results[i] > 0 ? base_results[i] : 1)))
-done | median)"
-echo "sluice / $baseline_name per run, median: $ratio_median%"
+printf '%-44s %12s %8s %12s %14s\n' "producer" "events/s" "vs bare" "CPU s / 1M" "peak RSS MiB"
+printf '%-44s %12s %8s %12s %14s\n' \
+  "$baseline_name (librdkafka $(dpkg-query -W -f='${Version}' librdkafka1 2>/dev/null || echo '?'))" \
+  "$base_median" "100%" "$(perM "$(med "${base_cpu[@]}")")" "$(mib "$(med "${base_rss[@]}")")"
+printf '%-44s %12s %8s\n' "  (its own figure, clock started once set up)" "$own_median" \
+  "$(pct "$own_median")"
+printf '%-44s %12s %8s %12s %14s\n' "sluice file channel -> kafka sink" "$sluice_median" \
+  "$(pct "$sluice_median")" "$(perM "$(med "${sluice_cpu[@]}")")" \
+  "$(mib "$(med "${sluice_rss[@]}")")"
+if [ -n "$before" ]; then
+  before_median="$(med "${before_results[@]}")"
+  printf '%-44s %12s %8s %12s %14s\n' "SLUICE_BEFORE file channel -> kafka sink" \
+    "$before_median" "$(pct "$before_median")" "$(perM "$(med "${before_cpu[@]}")")" \
+    "$(mib "$(med "${before_rss[@]}")")"
+fi
+printf '%-44s %12s %8s\n' "sluice file channel -> null sink (ceiling)" "$null_median" \
+  "$(pct "$null_median")"
+perRun() {  # perRun RESULTS...: the median of RESULTS[i] / base_results[i], in percent
+  local -a res=("$@")
+  for ((i = 0; i < runs; i++)); do
+    echo $((res[i] * 100 / (base_results[i] > 0 ? base_results[i] : 1)))
+  done | median
+}
+echo "sluice / $baseline_name per run, median: $(perRun "${sluice_results[@]}")%"
+[ -z "$before" ] ||
+  echo "SLUICE_BEFORE / $baseline_name per run, median: $(perRun "${before_results[@]}")%"
 echo "runs: $baseline_name ${base_results[*]} (own ${own_results[*]}); sluice ${sluice_results[*]};" \
-  "null ${null_results[*]}"
+  "null ${null_results[*]}${before:+; SLUICE_BEFORE ${before_results[*]}}"
