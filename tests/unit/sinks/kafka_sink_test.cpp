@@ -636,7 +636,8 @@ TEST_CASE("kafka sink: stop flushes and calls done; an empty take is Ok at once"
   CHECK(answered);
   size_t a = f->deliver(10);
   REQUIRE(f->waitFor(a));
-  f.reset();  // stop() (flush on the poll thread) then destruction; must not hang or leak
+  f.reset();  // stop() (the writer thread destroys the producer), then destruction; must not
+              // hang or leak
 }
 
 TEST_CASE("kafka sink: stop with deliveries open waits flush_timeout, then answers them Retry") {
