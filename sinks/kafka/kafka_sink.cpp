@@ -390,6 +390,7 @@ class KafkaSink : public Sink {
     retries_ = &m.counter("RetryCount");
     dead_letters_ = &m.counter("DeadLetterCount");
     queue_full_ = &m.counter("QueueFullCount");
+    producer_recreated_ = &m.counter("ProducerRecreateCount");
     m.gauge(
         "EventsInFlight", [this] { return static_cast<double>(in_flight_); }, this);
     m.gauge(
@@ -437,24 +438,37 @@ class KafkaSink : public Sink {
     async_->data = this;
     // librdkafka calls onQueueEvent (from its own threads) when something is put on the main
     // queue (delivery reports, errors, statistics); the loop then serves the queue.
-    mainq_ = rd_kafka_queue_get_main(rk_);
-    rd_kafka_queue_cb_event_enable(mainq_, &KafkaSink::onQueueEvent, this);
+    attachQueue();
     polling_ = true;
     thread_ = std::thread([this] { writerThread(); });
   }
 
-  void setProducer(rd_kafka_t* rk) { rk_ = rk; }
+  // Builds a producer for this sink (configuration, callbacks, opaque); null with `error` set.
+  // Used at creation and, on the writer thread, to replace a producer after a fatal error.
+  using ProducerFactory = std::function<rd_kafka_t*(std::string& error)>;
+  void setProducer(rd_kafka_t* rk, ProducerFactory factory) {
+    rk_ = rk;
+    factory_ = std::move(factory);
+  }
+
+  bool raiseFatalErrorForTest() {
+    return rk_ && !recovering_ &&
+           rd_kafka_test_fatal_error(rk_, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                     "raised by a test") == RD_KAFKA_RESP_ERR_NO_ERROR;
+  }
 
   size_t maxInFlight() const override { return cfg_.max_in_flight; }
-  bool ready() const override { return blocked_.empty() && !stopping_; }
+  bool ready() const override { return blocked_.empty() && !stopping_ && !recovering_; }
 
   void deliver(const Take& take, DeliveryDone done) override {
     if (take.events() == 0) {
       done(DeliveryResult::ok());
       return;
     }
-    if (stopping_ || !rk_) {
-      done(DeliveryResult::retry("kafka sink is stopping"));
+    // rk_ is the writer thread's while recovering or once shut down: checked last.
+    if (stopping_ || recovering_ || !rk_) {
+      done(DeliveryResult::retry(recovering_ ? "the kafka producer is being recreated"
+                                             : "kafka sink is stopping"));
       return;
     }
     auto owned = std::make_unique<Delivery>();
@@ -478,7 +492,7 @@ class KafkaSink : public Sink {
   // Retry now; what librdkafka holds is purged, and its reports (ERR__PURGE_*, retriable) answer
   // the rest Retry, so the group rolls everything unconfirmed back into the channel.
   void cancel() override {
-    if (!rk_ || deliveries_.empty()) return;
+    if (shut_down_ || recovering_ || deliveries_.empty() || !rk_) return;
     spdlog::warn(
         "kafka sink '{}': shutting down past the drain deadline; {} unconfirmed events "
         "are rolled back into the channel",
@@ -518,8 +532,11 @@ class KafkaSink : public Sink {
           auto* self = static_cast<KafkaSink*>(t->data);
           spdlog::warn("kafka sink '{}': {} events not confirmed within flush_timeout; purged",
                        self->name_, self->in_flight_);
-          rd_kafka_purge(self->rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-          self->serveQueue();
+          if (!self->recovering_) {
+            rd_kafka_purge(self->rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+            self->serveQueue();
+            self->answerFinished();
+          }
           self->shutDown();
         },
         static_cast<uint64_t>(cfg_.flush_timeout.count()), 0);
@@ -565,7 +582,9 @@ class KafkaSink : public Sink {
     if (code == RD_KAFKA_RESP_ERR__FATAL) {
       char buf[512];
       rd_kafka_fatal_error(rk, buf, sizeof buf);
-      spdlog::error("kafka sink '{}': fatal producer error: {}", self->name_, buf);
+      spdlog::error("kafka sink '{}': fatal producer error: {}; the producer is recreated",
+                    self->name_, buf);
+      self->fatal_seen_ = true;
     } else {
       spdlog::warn("kafka sink '{}': {}", self->name_, reason);
     }
@@ -842,15 +861,19 @@ class KafkaSink : public Sink {
 
   void drainReports() {
     serveQueue();
+    if (fatal_seen_ && polling_ && !recovering_) beginRecovery();
     std::vector<Report> written;  // dead letters the writer thread finished
     bool brokers_changed = false;
     bool thread_done = false;
+    bool replaced = false;
     {
       std::lock_guard lock(mutex_);
       written.swap(reports_);
       brokers_changed = brokers_changed_;
       brokers_changed_ = false;
       thread_done = thread_done_;
+      replaced = replaced_;
+      replaced_ = false;
     }
     if (brokers_changed) registerBrokerGauges();
     poll_now_ = uv_hrtime();
@@ -863,12 +886,8 @@ class KafkaSink : public Sink {
       blocked_.pop_front();
       if (d->finished()) finished_.push_back(d);
     }
-    // A delivery may be listed twice (a report finished it, then it left the blocked queue).
-    std::vector<Delivery*> finished;
-    finished.swap(finished_);
-    std::sort(finished.begin(), finished.end());
-    finished.erase(std::unique(finished.begin(), finished.end()), finished.end());
-    finish(finished);
+    answerFinished();
+    if (replaced) endRecovery();
     if (thread_done) {
       // The producer is gone; should anything be left (purged at the flush deadline, or never
       // produced for lack of queue room), it is answered Retry, never dropped.
@@ -889,8 +908,18 @@ class KafkaSink : public Sink {
       if (done) done();
       return;
     }
-    if (stopping_ && flush_timer_ && polling_ && deliveries_.empty()) shutDown();
+    if (stopping_ && flush_timer_ && !shut_down_ && deliveries_.empty()) shutDown();
     if (was_blocked && blocked_.empty() && ctx_ && !stopping_) ctx_->wake();
+  }
+
+  // Answers the deliveries a poll (or the blocked queue) finished. A delivery may be listed
+  // twice (a report finished it, then it left the blocked queue).
+  void answerFinished() {
+    std::vector<Delivery*> finished;
+    finished.swap(finished_);
+    std::sort(finished.begin(), finished.end());
+    finished.erase(std::unique(finished.begin(), finished.end()), finished.end());
+    finish(finished);
   }
 
   // Answers finished deliveries. Their state is gone before any `done` runs, so a done that
@@ -952,9 +981,52 @@ class KafkaSink : public Sink {
   // The loop produces and polls no more; the writer thread writes what dead letters are left,
   // then destroys the producer (which can block) and reports back through async_.
   void shutDown() {
+    if (shut_down_) return;
+    shut_down_ = true;
     if (flush_timer_) uv_timer_stop(flush_timer_);
     polling_ = false;
     requestStop();
+  }
+
+  // After a fatal error (an idempotent producer that lost its sequence, a fenced producer)
+  // librdkafka refuses every message until the producer is replaced. The loop stops producing
+  // and polling, and the writer thread destroys the producer and creates a new one; meanwhile
+  // the sink is not ready and refuses deliveries (Retry). What the old producer held is
+  // answered Retry once it is gone (rolled back; a file channel keeps it).
+  void beginRecovery() {
+    fatal_seen_ = false;
+    recovering_ = true;
+    polling_ = false;
+    for (Delivery* d : blocked_) d->queued = false;
+    blocked_.clear();
+    spdlog::warn("kafka sink '{}': recreating the producer; {} unconfirmed events are rolled back",
+                 name_, in_flight_);
+    {
+      std::lock_guard lock(mutex_);
+      replace_requested_ = true;
+    }
+    cv_.notify_one();
+  }
+
+  void endRecovery() {
+    recovering_ = false;
+    in_flight_ = 0;  // the old producer's messages are gone
+    producer_recreated_->inc();
+    std::vector<Delivery*> left;
+    for (auto& [d, owned] : deliveries_) {
+      d->retry = true;
+      d->queued = false;
+      d->retry_reason = "the kafka producer was recreated after a fatal error";
+      left.push_back(d);
+    }
+    if (!shut_down_ && rk_) {
+      polling_ = true;
+      spdlog::info("kafka sink '{}': producer recreated", name_);
+    }
+    finish(left);
+    serveQueue();  // anything the new producer queued before its queue event was enabled
+    answerFinished();
+    if (ctx_ && !stopping_) ctx_->wake();
   }
 
   void requestStop() {
@@ -971,18 +1043,39 @@ class KafkaSink : public Sink {
     std::vector<DeadLetterJob> jobs;
     for (;;) {
       bool stop = false;
+      bool replace = false;
       {
         std::unique_lock lock(mutex_);
-        cv_.wait(lock, [this] { return !dl_jobs_.empty() || stop_requested_; });
+        cv_.wait(lock,
+                 [this] { return !dl_jobs_.empty() || stop_requested_ || replace_requested_; });
         jobs.swap(dl_jobs_);
         stop = stop_requested_;
+        replace = replace_requested_;
+        replace_requested_ = false;
       }
       writeDeadLetters(jobs);
       jobs.clear();
+      if (replace) replaceProducer();
       if (stop) break;
     }
     // Anything librdkafka still holds was given up at the flush deadline (or the sink is
     // destroyed without a stop): purged, unreported, answered Retry by the loop.
+    destroyProducer();
+    {
+      std::lock_guard lock(mutex_);
+      thread_done_ = true;
+      if (async_) uv_async_send(async_);
+    }
+  }
+
+  // Writer thread, or the loop once it serves the queue no more.
+  void attachQueue() {
+    mainq_ = rd_kafka_queue_get_main(rk_);
+    rd_kafka_queue_cb_event_enable(mainq_, &KafkaSink::onQueueEvent, this);
+  }
+
+  void destroyProducer() {
+    if (!rk_) return;
     rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     if (mainq_) {
       rd_kafka_queue_cb_event_enable(mainq_, nullptr, nullptr);
@@ -991,11 +1084,27 @@ class KafkaSink : public Sink {
     }
     destroyTopics();
     rd_kafka_destroy(rk_);
-    {
-      std::lock_guard lock(mutex_);
-      thread_done_ = true;
-      if (async_) uv_async_send(async_);
+    rk_ = nullptr;
+  }
+
+  // The loop neither produces nor polls while this runs (recovering_). A producer that cannot
+  // be created (it was once, with the same configuration) is tried again every 5 s until the
+  // stop.
+  void replaceProducer() {
+    destroyProducer();
+    for (;;) {
+      std::string error;
+      rk_ = factory_ ? factory_(error) : nullptr;
+      if (rk_) break;
+      spdlog::error("kafka sink '{}': cannot recreate the producer: {}; trying again in 5s", name_,
+                    error);
+      std::unique_lock lock(mutex_);
+      if (cv_.wait_for(lock, std::chrono::seconds(5), [this] { return stop_requested_; })) break;
     }
+    if (rk_) attachQueue();
+    std::lock_guard lock(mutex_);
+    replaced_ = true;
+    if (async_) uv_async_send(async_);
   }
 
   // Appends a round of dead letters and syncs the file once, before their events are reported
@@ -1066,6 +1175,9 @@ class KafkaSink : public Sink {
   std::deque<Delivery*> blocked_;    // deliveries with events left to produce, in order
   std::vector<Delivery*> finished_;  // done during a poll; answered after it
   bool polling_ = false;             // the loop serves librdkafka's queue (start .. shutDown)
+  bool shut_down_ = false;           // the writer thread was told to destroy the producer
+  bool fatal_seen_ = false;          // librdkafka reported a fatal error (onError)
+  bool recovering_ = false;          // the writer thread is replacing the producer
   bool stopping_ = false;
   std::function<void()> stop_done_;
   uv_timer_t* flush_timer_ = nullptr;
@@ -1080,9 +1192,11 @@ class KafkaSink : public Sink {
   Counter* retries_ = nullptr;
   Counter* dead_letters_ = nullptr;
   Counter* queue_full_ = nullptr;
+  Counter* producer_recreated_ = nullptr;
 
   // Writer thread only.
   int dl_fd_ = -1;
+  ProducerFactory factory_;
 
   // Shared, under mutex_.
   std::mutex mutex_;
@@ -1094,6 +1208,8 @@ class KafkaSink : public Sink {
   uint64_t producer_retries_ = 0;
   bool brokers_changed_ = false;
   bool stop_requested_ = false;
+  bool replace_requested_ = false;
+  bool replaced_ = false;  // the writer thread replaced the producer (rk_ may be null)
   bool thread_done_ = false;
 
   std::thread thread_;
@@ -1273,30 +1389,43 @@ SinkPtr makeKafkaSink(const KafkaConfig& cfg, const BuildContext& ctx) {
     std::string dir = ctx.agent && !ctx.agent->data_dir.empty() ? ctx.agent->data_dir : ".";
     dl_path = dir + "/dead_letter/" + ctx.name + ".jsonl";
   }
-  ConfPtr conf(rd_kafka_conf_new());
-  if (!buildConf(cfg, ctx.name, conf.get(), error)) {
-    spdlog::error("kafka sink '{}': {}", ctx.name, error);
-    return nullptr;
-  }
-  rd_kafka_conf_set_dr_msg_cb(conf.get(), &KafkaSink::onDeliveryReport);
-  rd_kafka_conf_set_error_cb(conf.get(), &KafkaSink::onError);
-  rd_kafka_conf_set_log_cb(conf.get(), &KafkaSink::onLog);
-  if (cfg.stats_interval.count() > 0) rd_kafka_conf_set_stats_cb(conf.get(), &KafkaSink::onStats);
-  // The opaque is set once the sink exists; librdkafka calls nothing of ours before poll,
-  // except the log callback, which tolerates a null opaque.
-  char errstr[512];
   MetricSetPtr metrics = ctx.metrics ? ctx.metrics : std::make_shared<MetricSet>("SINK", ctx.name);
   auto sink = std::make_unique<KafkaSink>(cfg, ctx.name, dl_path, std::move(*topic),
                                           std::move(*key), nullptr, metrics);
-  rd_kafka_conf_set_opaque(conf.get(), sink.get());
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof errstr);
+  // The configuration is built anew for every producer, so a replacement after a fatal error
+  // reads secret files again.
+  KafkaSink::ProducerFactory factory = [cfg, name = ctx.name,
+                                        self = sink.get()](std::string& err) -> rd_kafka_t* {
+    ConfPtr conf(rd_kafka_conf_new());
+    if (!buildConf(cfg, name, conf.get(), err)) return nullptr;
+    rd_kafka_conf_set_dr_msg_cb(conf.get(), &KafkaSink::onDeliveryReport);
+    rd_kafka_conf_set_error_cb(conf.get(), &KafkaSink::onError);
+    rd_kafka_conf_set_log_cb(conf.get(), &KafkaSink::onLog);
+    if (cfg.stats_interval.count() > 0) {
+      rd_kafka_conf_set_stats_cb(conf.get(), &KafkaSink::onStats);
+    }
+    rd_kafka_conf_set_opaque(conf.get(), self);
+    char errstr[512];
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof errstr);
+    if (!rk) {
+      err = errstr;
+      return nullptr;
+    }
+    conf.release();  // rd_kafka_new owns it now
+    return rk;
+  };
+  rd_kafka_t* rk = factory(error);
   if (!rk) {
-    spdlog::error("kafka sink '{}': cannot create the producer: {}", ctx.name, errstr);
+    spdlog::error("kafka sink '{}': cannot create the producer: {}", ctx.name, error);
     return nullptr;
   }
-  conf.release();  // rd_kafka_new owns it now
-  sink->setProducer(rk);
+  sink->setProducer(rk, std::move(factory));
   return sink;
+}
+
+bool raiseKafkaFatalErrorForTest(Sink& sink) {
+  auto* k = dynamic_cast<KafkaSink*>(&sink);
+  return k && k->raiseFatalErrorForTest();
 }
 
 void registerKafkaSink(Registry& registry) {

@@ -64,4 +64,9 @@ SinkPtr makeKafkaSink(const KafkaConfig& cfg, const BuildContext& ctx);
 
 void registerKafkaSink(Registry& registry);
 
+// Tests only: makes the producer of a running kafka sink raise a fatal error, as librdkafka does
+// when an idempotent producer loses its sequence; the sink then recreates its producer. Loop
+// thread. False when `sink` is not a kafka sink or is already recreating its producer.
+bool raiseKafkaFatalErrorForTest(Sink& sink);
+
 }  // namespace sluice

@@ -674,3 +674,39 @@ TEST_CASE("kafka sink: stop with deliveries open waits flush_timeout, then answe
     CHECK(f.ctx.counter("RetryCount") == 1);
   }
 }
+
+TEST_CASE("kafka sink: a fatal producer error recreates the producer; nothing is lost") {
+  // librdkafka refuses every message after a fatal error (an idempotent producer that lost its
+  // sequence) until the producer is replaced; the sink replaces it and delivers again.
+  MockCluster mc(1);
+  mc.topic("t", 1, 1);
+  Fixture f(baseYaml(mc, "topic: t\n"));
+  size_t a = f.deliver(10, "before-");
+  REQUIRE(f.waitFor(a));
+  CHECK(f.results[a]->status == DeliveryStatus::Ok);
+  auto recreated = [&] { return f.ctx.counter("ProducerRecreateCount") == 1 && f.sink->ready(); };
+  SUBCASE("between deliveries") {
+    REQUIRE(raiseKafkaFatalErrorForTest(*f.sink));
+    REQUIRE(f.tl.runUntil(recreated));
+    CHECK(f.ctx.wakes >= 1);  // the group is told the sink takes batches again
+  }
+  SUBCASE("a delivery open at the fatal error is answered Retry, not lost") {
+    rd_kafka_mock_broker_set_down(mc.mc, 1);
+    size_t b = f.deliver(10, "open-");
+    CHECK_FALSE(f.waitFor(b, 300));
+    REQUIRE(raiseKafkaFatalErrorForTest(*f.sink));
+    REQUIRE(f.waitFor(b));
+    CHECK(f.results[b]->status == DeliveryStatus::Retry);
+    REQUIRE(f.tl.runUntil(recreated));
+    rd_kafka_mock_broker_set_up(mc.mc, 1);
+  }
+  CHECK(f.ctx.counter("ErrorFatalCount") >= 1);
+  CHECK(f.ctx.gauge("EventsInFlight") == 0);
+  size_t c = f.deliver(10, "after-");
+  REQUIRE(f.waitFor(c));
+  CHECK(f.results[c]->status == DeliveryStatus::Ok);
+  auto records = consume(mc.bootstraps(), "t", 1, 20);
+  REQUIRE(records.size() == 20);
+  CHECK(records.front().body == "before-0");
+  CHECK(records.back().body == "after-9");
+}
