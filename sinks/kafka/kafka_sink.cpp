@@ -437,10 +437,21 @@ class KafkaSink : public Sink {
     uv_async_init(ctx.loop(), async_, &KafkaSink::onAsync);
     async_->data = this;
     // librdkafka calls onQueueEvent (from its own threads) when something is put on the main
-    // queue (delivery reports, errors, statistics); the loop then serves the queue.
+    // queue (delivery reports, errors, statistics) while it is empty; the loop then serves the
+    // queue. What came before this (a refused connection, say) is served by a first drain
+    // now: left there, it would keep the queue from ever being empty again, and no event
+    // would come. A slow timer serves the queue too, should a signal ever be missed.
     attachQueue();
     polling_ = true;
+    poll_timer_ = new uv_timer_t;
+    uv_timer_init(ctx.loop(), poll_timer_);
+    poll_timer_->data = this;
+    uv_timer_start(
+        poll_timer_, [](uv_timer_t* t) { static_cast<KafkaSink*>(t->data)->drainReports(); },
+        kSafetyPollMs, kSafetyPollMs);
+    uv_unref(reinterpret_cast<uv_handle_t*>(poll_timer_));
     thread_ = std::thread([this] { writerThread(); });
+    uv_async_send(async_);
   }
 
   // Builds a producer for this sink (configuration, callbacks, opaque); null with `error` set.
@@ -452,7 +463,7 @@ class KafkaSink : public Sink {
   }
 
   bool raiseFatalErrorForTest() {
-    return rk_ && !recovering_ &&
+    return !recovering_ && !shut_down_ && rk_ &&
            rd_kafka_test_fatal_error(rk_, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
                                      "raised by a test") == RD_KAFKA_RESP_ERR_NO_ERROR;
   }
@@ -492,7 +503,7 @@ class KafkaSink : public Sink {
   // Retry now; what librdkafka holds is purged, and its reports (ERR__PURGE_*, retriable) answer
   // the rest Retry, so the group rolls everything unconfirmed back into the channel.
   void cancel() override {
-    if (shut_down_ || recovering_ || deliveries_.empty() || !rk_) return;
+    if (shut_down_ || recovering_ || deliveries_.empty() || !rk_) return;  // see releaseOld
     spdlog::warn(
         "kafka sink '{}': shutting down past the drain deadline; {} unconfirmed events "
         "are rolled back into the channel",
@@ -506,7 +517,10 @@ class KafkaSink : public Sink {
     }
     blocked_.clear();
     finish(now);
-    rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    // Non-blocking: a broker thread stuck in a name lookup must not hold up the loop; the purged
+    // events' reports come through the queue.
+    rd_kafka_purge(
+        rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT | RD_KAFKA_PURGE_F_NON_BLOCKING);
   }
 
   // The group stops a sink once nothing is outstanding; should deliveries still be open, their
@@ -523,6 +537,7 @@ class KafkaSink : public Sink {
       shutDown();
       return;
     }
+    if (flush_timer_ || shut_down_) return;  // a second stop
     flush_timer_ = new uv_timer_t;
     uv_timer_init(ctx_->loop(), flush_timer_);
     flush_timer_->data = this;
@@ -533,7 +548,8 @@ class KafkaSink : public Sink {
           spdlog::warn("kafka sink '{}': {} events not confirmed within flush_timeout; purged",
                        self->name_, self->in_flight_);
           if (!self->recovering_) {
-            rd_kafka_purge(self->rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+            rd_kafka_purge(self->rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+                                          RD_KAFKA_PURGE_F_NON_BLOCKING);
             self->serveQueue();
             self->answerFinished();
           }
@@ -657,6 +673,10 @@ class KafkaSink : public Sink {
       ref = MsgRef{d, slice.batch.get(), d->event_pos, now};
       rd_kafka_resp_err_t err = produceOne(ref, ev);
       if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return false;
+      if (err == RD_KAFKA_RESP_ERR__FATAL && !fatal_seen_) {
+        fatal_seen_ = true;  // recovery starts at the next drain, outside this delivery
+        uv_async_send(async_);
+      }
       if (err != RD_KAFKA_RESP_ERR_NO_ERROR && !isPermanent(err) && err != kDeadLettered) {
         errors_[static_cast<size_t>(kindOf(err))]->inc();
         d->retry = true;
@@ -826,6 +846,7 @@ class KafkaSink : public Sink {
     if (!polling_) return;
     poll_now_ = uv_hrtime();
     rd_kafka_poll(rk_, 0);
+    if (fatal_seen_ && !recovering_ && !shut_down_) beginRecovery();
   }
 
   // Applies one event's final outcome to its delivery (loop thread). A delivery that is done
@@ -861,10 +882,10 @@ class KafkaSink : public Sink {
 
   void drainReports() {
     serveQueue();
-    if (fatal_seen_ && polling_ && !recovering_) beginRecovery();
     std::vector<Report> written;  // dead letters the writer thread finished
     bool brokers_changed = false;
     bool thread_done = false;
+    bool released = false;
     bool replaced = false;
     {
       std::lock_guard lock(mutex_);
@@ -872,6 +893,8 @@ class KafkaSink : public Sink {
       brokers_changed = brokers_changed_;
       brokers_changed_ = false;
       thread_done = thread_done_;
+      released = released_;
+      released_ = false;
       replaced = replaced_;
       replaced_ = false;
     }
@@ -887,6 +910,7 @@ class KafkaSink : public Sink {
       if (d->finished()) finished_.push_back(d);
     }
     answerFinished();
+    if (released) releaseOld();
     if (replaced) endRecovery();
     if (thread_done) {
       // The producer is gone; should anything be left (purged at the flush deadline, or never
@@ -899,6 +923,7 @@ class KafkaSink : public Sink {
         left.push_back(d);
       }
       blocked_.clear();
+      in_flight_ = 0;
       finish(left);
       thread_.join();
       rk_ = nullptr;  // destroyed by the writer thread
@@ -971,10 +996,11 @@ class KafkaSink : public Sink {
                [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
       async_ = nullptr;
     }
-    if (flush_timer_) {
-      uv_close(reinterpret_cast<uv_handle_t*>(flush_timer_),
+    for (uv_timer_t** t : {&flush_timer_, &poll_timer_}) {
+      if (!*t) continue;
+      uv_close(reinterpret_cast<uv_handle_t*>(*t),
                [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
-      flush_timer_ = nullptr;
+      *t = nullptr;
     }
   }
 
@@ -984,6 +1010,7 @@ class KafkaSink : public Sink {
     if (shut_down_) return;
     shut_down_ = true;
     if (flush_timer_) uv_timer_stop(flush_timer_);
+    if (poll_timer_) uv_timer_stop(poll_timer_);
     polling_ = false;
     requestStop();
   }
@@ -1008,10 +1035,11 @@ class KafkaSink : public Sink {
     cv_.notify_one();
   }
 
-  void endRecovery() {
-    recovering_ = false;
-    in_flight_ = 0;  // the old producer's messages are gone
-    producer_recreated_->inc();
+  // The old producer is destroyed (nothing reads the batches any more): every delivery it held
+  // is answered Retry now, whether or not a new producer can be made, so a stop or a reload
+  // never waits on the replacement.
+  void releaseOld() {
+    in_flight_ = 0;
     std::vector<Delivery*> left;
     for (auto& [d, owned] : deliveries_) {
       d->retry = true;
@@ -1019,11 +1047,15 @@ class KafkaSink : public Sink {
       d->retry_reason = "the kafka producer was recreated after a fatal error";
       left.push_back(d);
     }
-    if (!shut_down_ && rk_) {
-      polling_ = true;
-      spdlog::info("kafka sink '{}': producer recreated", name_);
-    }
     finish(left);
+  }
+
+  void endRecovery() {
+    recovering_ = false;
+    if (shut_down_ || !rk_) return;
+    producer_recreated_->inc();
+    polling_ = true;
+    spdlog::info("kafka sink '{}': producer recreated", name_);
     serveQueue();  // anything the new producer queued before its queue event was enabled
     answerFinished();
     if (ctx_ && !stopping_) ctx_->wake();
@@ -1092,7 +1124,18 @@ class KafkaSink : public Sink {
   // stop.
   void replaceProducer() {
     destroyProducer();
+    {
+      std::lock_guard lock(mutex_);
+      released_ = true;
+      brokers_.clear();  // the new producer's statistics fill it again
+      brokers_changed_ = true;
+      if (async_) uv_async_send(async_);
+    }
     for (;;) {
+      {
+        std::lock_guard lock(mutex_);
+        if (stop_requested_) break;
+      }
       std::string error;
       rk_ = factory_ ? factory_(error) : nullptr;
       if (rk_) break;
@@ -1181,6 +1224,8 @@ class KafkaSink : public Sink {
   bool stopping_ = false;
   std::function<void()> stop_done_;
   uv_timer_t* flush_timer_ = nullptr;
+  uv_timer_t* poll_timer_ = nullptr;  // the safety poll (kSafetyPollMs)
+  static constexpr uint64_t kSafetyPollMs = 1000;
   uint64_t poll_now_ = 0;  // uv_hrtime of the current poll, for the latency metric
   size_t in_flight_ = 0;
   double latency_last_ms_ = 0;
@@ -1209,7 +1254,8 @@ class KafkaSink : public Sink {
   bool brokers_changed_ = false;
   bool stop_requested_ = false;
   bool replace_requested_ = false;
-  bool replaced_ = false;  // the writer thread replaced the producer (rk_ may be null)
+  bool released_ = false;  // the writer thread destroyed the old producer
+  bool replaced_ = false;  // ... and made a new one (rk_ may be null: stopped, or it failed)
   bool thread_done_ = false;
 
   std::thread thread_;

@@ -178,7 +178,9 @@ struct Fixture {
   std::vector<Take> takes;
   std::vector<std::optional<DeliveryResult>> results;
 
-  explicit Fixture(const std::string& yaml) {
+  // before_start_ms: the loop runs that long between creating the sink (its producer starts
+  // connecting) and starting it, so librdkafka can queue errors before the sink listens.
+  explicit Fixture(const std::string& yaml, uint64_t before_start_ms = 0) {
     MemoryChannelConfig mcfg;
     BuildContext cctx{"c", &tl.loop, nullptr, std::make_shared<MetricSet>("CHANNEL", "c")};
     channel = makeMemoryChannel(mcfg, cctx);
@@ -189,6 +191,7 @@ struct Fixture {
                       std::shared_ptr<MetricSet>(&ctx.set, [](MetricSet*) {})};
     sink = makeKafkaSink(parseConfig(yaml), sctx);
     REQUIRE(sink);
+    if (before_start_ms > 0) tl.runUntil([] { return false; }, before_start_ms);
     sink->start(ctx);
   }
   ~Fixture() {
@@ -709,4 +712,47 @@ TEST_CASE("kafka sink: a fatal producer error recreates the producer; nothing is
   REQUIRE(records.size() == 20);
   CHECK(records.front().body == "before-0");
   CHECK(records.back().body == "after-9");
+}
+
+TEST_CASE("kafka sink: errors queued before start do not keep reports from being served") {
+  // librdkafka signals its queue only when it goes from empty to not empty: errors queued while
+  // the sink was not started yet must be served at start, or no signal would ever come again
+  // (a safety poll every second backs this up).
+  MockCluster mc(1);
+  mc.topic("t", 1, 1);
+  rd_kafka_mock_broker_set_down(mc.mc, 1);
+  Fixture f(baseYaml(mc, "topic: t\n"), 500);
+  rd_kafka_mock_broker_set_up(mc.mc, 1);
+  size_t a = f.deliver(10);
+  REQUIRE(f.waitFor(a));
+  CHECK(f.results[a]->status == DeliveryStatus::Ok);
+  CHECK(f.ctx.counter("ErrorTransportCount") > 0);  // the early errors were served
+}
+
+TEST_CASE("kafka sink: a producer that cannot be recreated does not hold deliveries or the stop") {
+  // After a fatal error the old producer is destroyed and its deliveries answered Retry at once,
+  // even when no new producer can be made (here: its password file is gone); a stop then
+  // completes instead of waiting for the replacement.
+  MockCluster mc(1);
+  mc.topic("t", 1, 1);
+  TempDir secrets;
+  auto pw = secrets.path / "pw";
+  std::ofstream(pw) << "secret\n";
+  auto f = std::make_unique<Fixture>(baseYaml(mc,
+                                              "topic: t\nsasl_mechanism: PLAIN\n"
+                                              "sasl_username: u\nsasl_password_file: " +
+                                                  pw.string() + "\n"));
+  size_t a = f->deliver(10);  // the mock cluster does not speak SASL: it stays open
+  CHECK_FALSE(f->waitFor(a, 300));
+  std::filesystem::remove(pw);
+  REQUIRE(raiseKafkaFatalErrorForTest(*f->sink));
+  REQUIRE(f->waitFor(a, 5000));
+  CHECK(f->results[a]->status == DeliveryStatus::Retry);
+  CHECK_FALSE(f->sink->ready());
+  bool stopped = false;
+  auto t0 = std::chrono::steady_clock::now();
+  f->sink->stop([&] { stopped = true; });
+  REQUIRE(f->tl.runUntil([&] { return stopped; }, 4000));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(4));
+  CHECK(f->ctx.counter("ProducerRecreateCount") == 0);
 }
