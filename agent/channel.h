@@ -124,6 +124,8 @@ class Channel {
   // The latest durable source positions, by key; empty for a channel that keeps none. A file
   // source reads its positions back from here at start-up.
   virtual std::map<std::string, std::string> positions() const { return {}; }
+  // Whether puts store their source positions durably with the events (the file channel).
+  virtual bool keepsPositions() const { return false; }
   // Registers fn to be called on the loop thread whenever room frees up. Returns a handle for
   // removeSpaceListener.
   virtual uint64_t addSpaceListener(std::function<void()> fn) = 0;

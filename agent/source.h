@@ -14,6 +14,7 @@
 #include <uv.h>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,6 +50,12 @@ class SourceContext {
     (void)key;
     return {};
   }
+  // Whether a channel of the source keeps its positions durably with the events (a file
+  // channel): then a position is safe to act on (a spooled file to complete, say) only once
+  // durablePositions() shows it, and the source needs no state file of its own. False: no
+  // channel keeps them (memory channels). nullopt: the context cannot tell (test doubles), and
+  // the source learns it from durablePositions().
+  virtual std::optional<bool> keepsPositions() { return std::nullopt; }
   // The source's metric set; the context already counts EventReceivedCount/EventAcceptedCount.
   virtual MetricSet& metrics() = 0;
   virtual const std::string& name() const = 0;

@@ -113,6 +113,13 @@ class SourceRunner : public SourceContext {
     return OfferResult::Accepted;
   }
 
+  std::optional<bool> keepsPositions() override {
+    for (auto& ch : channels_) {
+      if (ch->keepsPositions()) return true;
+    }
+    return false;
+  }
+
   std::vector<std::string> durablePositions(const std::string& key) override {
     std::vector<std::string> out;
     for (auto& ch : channels_) {

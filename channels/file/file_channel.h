@@ -204,6 +204,7 @@ class FileChannel final : public Channel {
   bool hasRoom(size_t events, size_t bytes) const override;
   bool put(std::shared_ptr<const Batch> batch, PutOptions options = {}) override;
   std::map<std::string, std::string> positions() const override;
+  bool keepsPositions() const override { return true; }
   uint64_t addSpaceListener(std::function<void()> fn) override;
   void removeSpaceListener(uint64_t handle) override;
   Cursor& cursor(const std::string& consumer) override;

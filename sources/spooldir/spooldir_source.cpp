@@ -131,7 +131,7 @@ void SpooldirSource::start(SourceContext& ctx) {
   // Where to resume: the channels' durable position, else our own state file.
   std::vector<spool::Position> found;
   auto durable = ctx.durablePositions(key_);
-  positions_kept_ = !durable.empty();
+  positions_kept_ = !durable.empty() || ctx.keepsPositions().value_or(false);
   if (durable.empty()) {
     if (auto s = spool::readStateFile(state_path_)) durable.push_back(*s);
   }
@@ -501,6 +501,7 @@ void SpooldirSource::refreshPositionsKept() {
 }
 
 bool SpooldirSource::nonDurable() {
+  if (auto known = ctx_->keepsPositions()) return !*known;
   return !positions_kept_ && probe_started_ && uv_now(loop_) >= probe_deadline_;
 }
 
@@ -509,7 +510,8 @@ void SpooldirSource::checkDurable() {
   std::string final_value = spool::encodePosition({path_, id_, id_.size});
   auto durable = ctx_->durablePositions(key_);
   if (!durable.empty()) positions_kept_ = true;
-  if (positions_kept_) {
+  // The context's answer wins (the channels may have changed at a reload); else what was learnt.
+  if (ctx_->keepsPositions().value_or(positions_kept_)) {
     for (const auto& v : durable) {
       if (v != final_value) return;  // a channel has not made the end of the file durable yet
     }

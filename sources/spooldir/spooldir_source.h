@@ -13,11 +13,12 @@
 // for it says end of file; a crash between that put and the rename leaves a file whose durable
 // position is its end, and the restarted source just completes it.
 //
-// Whether the channels keep positions is learnt, not configured: as soon as durablePositions()
-// shows the key, they do. Until it has been seen, completing a file waits up to
-// kDurableProbeWait after the first accepted put; if the key never shows up (memory channels),
-// the source keeps its own state file, <state_dir>/position (written aside, fsynced, renamed, in
-// the thread pool), and completes files once their last batch is accepted.
+// Whether the channels keep positions the context says (SourceContext::keepsPositions: a file
+// channel among them). When they do not (memory channels), the source keeps its own state file,
+// <state_dir>/position (written aside, fsynced, renamed, in the thread pool), and completes
+// files once their last batch is accepted. A context that cannot tell (test doubles) leaves it
+// to be learnt: as soon as durablePositions() shows the key, they do; until then completing a
+// file waits up to kDurableProbeWait after the first accepted put.
 //
 // Files that cannot be spooled (a file that changed after it was placed: size or mtime differ
 // while it is read or from its durable position; one replaced by another inode while being read;
@@ -97,8 +98,9 @@ class SpooldirSource final : public Source {
 
   // For tests: no file open, nothing queued, not waiting for durability.
   bool idle() const;
-  // For tests: how long to wait for the channels to show a position before deciding they keep
-  // none (default kDurableProbeWait).
+  // For tests: with a context that cannot tell whether the channels keep positions, how long
+  // to wait for them to show a position before deciding they keep none (default
+  // kDurableProbeWait).
   void setDurableProbeWait(Millis wait) { probe_wait_ = wait; }
   const std::string& positionKey() const { return key_; }
 

@@ -447,6 +447,9 @@ class TailSource::Impl {
     spdlog::info(
         "tail source '{}': {} saved file positions ({})", ctx_->name(), saved_.size(),
         using_channel_ ? "from the channels" : (have_state_ ? "from the state file" : "none"));
+    // A file channel that holds no positions yet (new, or just put in place of a memory
+    // channel) keeps them from the first put on: no state file then.
+    if (ctx_->keepsPositions().value_or(false)) using_channel_ = true;
   }
 
   // ---- discovery -------------------------------------------------------------------------------
@@ -1148,7 +1151,7 @@ class TailSource::Impl {
   bool stateFileWanted() {
     if (using_channel_ || state_path_.empty() || !state_dirty_) return false;
     // A channel that keeps positions has them durable by now: it is the source of truth.
-    if (!ctx_->durablePositions(key_).empty()) {
+    if (ctx_->keepsPositions().value_or(false) || !ctx_->durablePositions(key_).empty()) {
       using_channel_ = true;
       spdlog::info("tail source '{}': the channels keep positions; no state file", ctx_->name());
       return false;
@@ -1158,9 +1161,10 @@ class TailSource::Impl {
 
   void maybeWriteState() {
     if (state_writing_ || first_accept_ms_ == 0) return;
-    // The first write waits a second, so that a durable channel has had time to show it keeps
-    // the positions (its put completes after fsync).
-    if (now() < first_accept_ms_ + 1000) return;
+    // With a context that cannot tell whether a channel keeps positions, the first write waits
+    // a second, so that a durable channel has had time to show it does (its put completes
+    // after fsync).
+    if (!ctx_->keepsPositions().has_value() && now() < first_accept_ms_ + 1000) return;
     if (now() - last_state_ms_ < static_cast<uint64_t>(cfg_.poll_interval.count())) return;
     if (stateFileWanted()) writeState();
   }

@@ -161,6 +161,7 @@ class FakeSourceContext final : public SourceContext {
     batch.clear();
     return OfferResult::Accepted;
   }
+  std::optional<bool> keepsPositions() override { return declared_keeps; }
   std::vector<std::string> durablePositions(const std::string& key) override {
     if (!keep_positions) return {};
     auto it = durable_positions_.find(key);
@@ -196,6 +197,9 @@ class FakeSourceContext final : public SourceContext {
   uint64_t refuse_every = 0;
   Source* source = nullptr;  // what refuse_every resumes
   bool keep_positions = true;
+  // What keepsPositions() answers; nullopt (the default): "cannot tell", so the sources learn
+  // it from durablePositions() as with an unknown context.
+  std::optional<bool> declared_keeps;
   bool auto_durable = true;
   bool lose_offers = false;
 

@@ -460,6 +460,39 @@ TEST_CASE("spooldir: a file is not completed before its last put is durable") {
   CHECK(exists(dir.file("f.COMPLETED")));
 }
 
+TEST_CASE("spooldir: told no channel keeps positions, a file completes at once") {
+  // Memory channels: no waiting for a position that will never show (the probe window of a
+  // context that cannot tell is 2 s); the state file carries the position instead.
+  SpoolTempDir dir;
+  SpoolTempDir state;
+  writeFile(dir.file("f"), "1\n2\n");
+  Rig rig(spoolConfig(dir.path()), state.path());
+  rig.ctx.keep_positions = false;
+  rig.ctx.declared_keeps = false;
+  rig.start();
+  REQUIRE(rig.loop.runUntil(
+      [&] { return rig.ctx.count("FilesCompletedCount") == 1 && rig.src->idle(); }, 1000));
+  CHECK(rig.ctx.bodies == Lines{"1", "2"});
+}
+
+TEST_CASE("spooldir: told a channel keeps positions, a file waits for durability however long") {
+  // A new file channel whose first write is slow: before the context could say so, the source
+  // decided after its probe window that nothing kept positions and completed the file early.
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "1\n2\n");
+  Rig rig(spoolConfig(dir.path()));
+  rig.ctx.auto_durable = false;
+  rig.ctx.declared_keeps = true;
+  rig.src->setDurableProbeWait(Millis(30));  // ignored: the context knows
+  rig.start();
+  REQUIRE(rig.loop.runUntil([&] { return rig.ctx.bodies.size() == 2; }));
+  rig.loop.runFor(200);
+  CHECK(exists(dir.file("f")));  // accepted, not durable: still there
+  rig.ctx.makeDurable();
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(exists(dir.file("f.COMPLETED")));
+}
+
 TEST_CASE("spooldir: an empty completed_suffix refuses to spool; stop still completes") {
   SpoolTempDir dir;
   writeFile(dir.file("f"), "1\n");

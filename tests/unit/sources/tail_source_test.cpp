@@ -343,6 +343,27 @@ TEST_CASE("tail: without channel positions the state file carries them across a 
   }
 }
 
+TEST_CASE("tail: told a channel keeps positions, no state file even before one is durable") {
+  // A new file channel whose first write is slow: the positions live in the channel, so the
+  // source must not fall back to a state file of its own (before the context could say so, it
+  // wrote one a second after the first put when the channel had shown no position yet).
+  TempDir dir;
+  TailLoop loop;
+  FakeSourceContext ctx(loop.get(), "tail_test");
+  ctx.declared_keeps = true;
+  ctx.auto_durable = false;
+  TailConfig c = config(dir);
+  std::string state = dir.file("state/tail.json");
+  append(dir.file("a.log"), numbered("a", 1, 10));
+  TailSource src(c, state);
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.bodies.size() == 10; }));
+  loop.runFor(1300);
+  CHECK_FALSE(fs::exists(state));
+  CHECK(stopAndWait(loop, src) == 1);
+  CHECK_FALSE(fs::exists(state));
+}
+
 TEST_CASE("tail: a reused inode with other content is a new file") {
   TempDir dir;
   TailLoop loop;
