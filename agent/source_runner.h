@@ -191,29 +191,53 @@ class SourceRunner : public SourceContext {
             spec_.name, spec_.selector.header);
       }
     }
+    std::vector<bool> got(channels_.size(), false);
     if (uniform) {
       auto frozen = std::make_shared<const Batch>(std::move(batch));
-      for (size_t c : *routes[0]) putOne(c, frozen);
+      for (size_t c : *routes[0]) got[c] = putOne(c, frozen);
     } else {
       for (size_t c = 0; c < channels_.size(); ++c) {
         if (parts[c].empty()) continue;
-        putOne(c, std::make_shared<const Batch>(std::move(parts[c])));
+        got[c] = putOne(c, std::make_shared<const Batch>(std::move(parts[c])));
       }
     }
+    positionsToKeepers(got);
     accepted_->inc(n - unrouted);
     return true;
   }
 
-  void putOne(size_t c, std::shared_ptr<const Batch> frozen) {
+  // True when the channel took the batch (an optional channel may be full).
+  bool putOne(size_t c, std::shared_ptr<const Batch> frozen) {
     size_t n = frozen->size();
     if (optional_[c] && !channels_[c]->hasRoom(n, frozen->bytes())) {
       optional_full_->inc(n);
-      return;
+      if (spec_.selector.type != "multiplexing") positionsToKeeper(c);
+      return false;
     }
     // Required channels said yes just now and nothing ran in between: put cannot refuse.
     PutOptions options;
     options.positions = *positions_;
-    if (!channels_[c]->put(std::move(frozen), std::move(options)) && !optional_[c]) std::abort();
+    if (!channels_[c]->put(std::move(frozen), std::move(options))) {
+      if (!optional_[c]) std::abort();
+      return false;
+    }
+    return true;
+  }
+
+  // A channel that keeps positions gets the source's positions with every put, also one that
+  // sent it no event (multiplexing) or found it full (optional): its durable position must
+  // follow the source, or a source waiting for it (a spooled file to complete) would wait for
+  // ever, and one resuming from it would resume from an old place.
+  void positionsToKeepers(const std::vector<bool>& got) {
+    for (size_t c = 0; c < channels_.size(); ++c) {
+      if (!got[c]) positionsToKeeper(c);
+    }
+  }
+  void positionsToKeeper(size_t c) {
+    if (positions_->empty() || !channels_[c]->keepsPositions()) return;
+    PutOptions options;
+    options.positions = *positions_;
+    channels_[c]->put(std::make_shared<const Batch>(), std::move(options));  // no room needed
   }
 
   void onSpace() {

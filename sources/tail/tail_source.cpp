@@ -1138,17 +1138,24 @@ class TailSource::Impl {
       return false;
     }
     batch_.clear();
-    if (!using_channel_) {
-      acked_state_ = std::move(value);
-      state_dirty_ = true;
-      if (first_accept_ms_ == 0) first_accept_ms_ = now() + 1;
-    }
+    // Kept in channel mode too: a reload can leave the source with memory channels only, and
+    // the state file then starts from here.
+    acked_state_ = std::move(value);
+    state_dirty_ = true;
+    if (first_accept_ms_ == 0) first_accept_ms_ = now() + 1;
     return true;
   }
 
   // ---- state file ------------------------------------------------------------------------------
 
   bool stateFileWanted() {
+    // The context's answer follows the channels across reloads (file channel in or out).
+    if (auto known = ctx_->keepsPositions(); known && *known != using_channel_) {
+      using_channel_ = *known;
+      spdlog::info("tail source '{}': {}", ctx_->name(),
+                   using_channel_ ? "the channels keep positions; no state file"
+                                  : "no channel keeps positions now; keeping a state file");
+    }
     if (using_channel_ || state_path_.empty() || !state_dirty_) return false;
     // A channel that keeps positions has them durable by now: it is the source of truth.
     if (ctx_->keepsPositions().value_or(false) || !ctx_->durablePositions(key_).empty()) {

@@ -765,4 +765,71 @@ TEST_CASE("file channel: model-based random sequences (rapidcheck)") {
 }
 
 }  // namespace
+
+TEST_CASE("file channel: read-ahead decodes a backlog off the loop; takes then find it cached") {
+  TempDir dir;
+  auto cfg = config(dir.path);
+  cfg.segment_bytes = 64 << 10;
+  cfg.max_bytes = 64 << 20;
+  {
+    TestLoop tl;
+    auto ch = makeFileChannel(cfg, tl.context());
+    REQUIRE(ch);
+    ch->cursor("out");
+    for (int i = 0; i < 40; ++i) putDurable(tl, *ch, makeBatch(i * 50, 50, 100));
+  }
+  REQUIRE(segmentFiles(dir.path).size() >= 2);
+  auto ops = std::make_shared<FaultyFileOps>();
+  TestLoop tl;
+  auto ch = makeFileChannel(cfg, tl.context(), ops);  // an empty read cache
+  REQUIRE(ch);
+  Cursor& c = ch->cursor("out");
+  auto read_ahead = [&] { return ch->metrics()->counter("ReadAheadBytes").value(); };
+  std::vector<std::string> got;
+  Take first = c.take(50, 1 << 20);  // a cache miss: read on the loop, read-ahead asked for
+  REQUIRE(first.events() == 50);
+  for (auto& n : names(first)) got.push_back(n);
+  first.commit();
+  REQUIRE(tl.runUntil([&] { return read_ahead() > 0; }));
+  // The rest of the first segment is in the cache: taking it reads nothing more.
+  uint64_t preads = ops->calls(FaultyFileOps::Op::Pread);
+  Take second = c.take(150, 1 << 20);
+  CHECK(second.events() == 150);
+  CHECK(ops->calls(FaultyFileOps::Op::Pread) == preads);
+  for (auto& n : names(second)) got.push_back(n);
+  second.commit();
+  // Draining the rest (the loop running between takes, as an agent's does): all of it, in
+  // order, most of it read ahead.
+  for (;;) {
+    Take t = c.take(100, 1 << 20);
+    if (!t) break;
+    for (auto& n : names(t)) got.push_back(n);
+    t.commit();
+    tl.runUntil([&] { return true; });
+  }
+  CHECK(got == range(0, 2000));
+  CHECK(read_ahead() > 40 * 50 * 100 / 2);
+}
+
+TEST_CASE("file channel: read_ahead_bytes 0 turns read-ahead off") {
+  TempDir dir;
+  auto cfg = config(dir.path);
+  cfg.segment_bytes = 64 << 10;
+  cfg.max_bytes = 64 << 20;
+  cfg.read_ahead_bytes = 0;
+  {
+    TestLoop tl;
+    auto ch = makeFileChannel(cfg, tl.context());
+    REQUIRE(ch);
+    ch->cursor("out");
+    for (int i = 0; i < 10; ++i) putDurable(tl, *ch, makeBatch(i * 50, 50, 100));
+  }
+  TestLoop tl;
+  auto ch = makeFileChannel(cfg, tl.context());
+  REQUIRE(ch);
+  CHECK(drain(ch->cursor("out")) == range(0, 500));
+  tl.runUntil([&] { return true; });
+  CHECK(ch->metrics()->counter("ReadAheadBytes").value() == 0);
+}
+
 }  // namespace sluice

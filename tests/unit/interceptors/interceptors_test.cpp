@@ -2,10 +2,12 @@
 
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <set>
 
 #include "agent/config.h"
 #include "agent/source_runner.h"
+#include "channels/file/file_channel.h"
 #include "channels/memory/memory_channel.h"
 #include "interceptors/interceptors.h"
 
@@ -242,4 +244,52 @@ TEST_CASE("multiplexing: each event lands in exactly the channel its header maps
   CHECK(g.runner->offer(two) == OfferResult::Accepted);  // parked
   CHECK(g.a->stats().events == 0);
   CHECK(g.b->stats().events == 1);
+}
+
+TEST_CASE("positions reach every file channel of a source, also one routed no event") {
+  // A source waits for its positions to be durable in the channels that keep them (spooldir
+  // completes a file then): a file channel the selector sends no event must get them too.
+  char tmpl[] = "/tmp/sluice-router-XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  {
+    uv_loop_t loop{};
+    uv_loop_init(&loop);
+    {
+      MetricsRegistry metrics;
+      Diagnostics diag("t.yaml");
+      auto cfg = load(
+          "    selector: {type: multiplexing, header: h, mapping: {x: [b]}, "
+          "default: [a]}\n",
+          diag, "[a, b]");
+      REQUIRE(cfg);
+      BuildContext ctx;
+      ctx.loop = &loop;
+      ctx.metrics = metrics.set("CHANNEL", "a");
+      auto a = makeMemoryChannel(MemoryChannelConfig{100, 1 << 20}, ctx);
+      ctx.metrics = metrics.set("CHANNEL", "b");
+      FileChannelConfig fc;
+      fc.dir = dir;
+      fc.min_free_bytes = 0;
+      auto b = makeFileChannel(fc, ctx);
+      REQUIRE(b);
+      SourceRunner runner(&loop, cfg->sources[0], nullptr, metrics.set("SOURCE", "src"),
+                          build(*cfg));
+      CHECK(runner.keepsPositions() == std::optional<bool>(false));
+      runner.setChannels({a, b});
+      CHECK(runner.keepsPositions() == std::optional<bool>(true));
+      Batch batch = lines({"1", "2"});  // no header h: both to a
+      CHECK(runner.offerWithPositions(batch, {{"k", "v1"}}) == OfferResult::Accepted);
+      CHECK(a->stats().events == 2);
+      for (int i = 0; i < 2000 && runner.durablePositions("k").empty(); ++i) {
+        uv_run(&loop, UV_RUN_ONCE);
+      }
+      CHECK(runner.durablePositions("k") == std::vector<std::string>{"v1"});
+      CHECK(b->stats().events == 0);
+      runner.setChannels({});
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }

@@ -343,10 +343,11 @@ TEST_CASE("tail: without channel positions the state file carries them across a 
   }
 }
 
-TEST_CASE("tail: told a channel keeps positions, no state file even before one is durable") {
+TEST_CASE("tail: told a channel keeps positions, no state file; after a reload to memory, one") {
   // A new file channel whose first write is slow: the positions live in the channel, so the
   // source must not fall back to a state file of its own (before the context could say so, it
-  // wrote one a second after the first put when the channel had shown no position yet).
+  // wrote one a second after the first put when the channel had shown no position yet). Then a
+  // reload replaces the file channel by a memory channel: the state file is kept again.
   TempDir dir;
   TailLoop loop;
   FakeSourceContext ctx(loop.get(), "tail_test");
@@ -360,8 +361,14 @@ TEST_CASE("tail: told a channel keeps positions, no state file even before one i
   CHECK(loop.runUntil([&] { return ctx.bodies.size() == 10; }));
   loop.runFor(1300);
   CHECK_FALSE(fs::exists(state));
+  ctx.declared_keeps = false;
+  ctx.keep_positions = false;
+  append(dir.file("a.log"), numbered("a", 11, 20));
+  CHECK(loop.runUntil([&] { return ctx.bodies.size() == 20; }));
+  CHECK(loop.runUntil([&] { return fs::exists(state); }));
   CHECK(stopAndWait(loop, src) == 1);
-  CHECK_FALSE(fs::exists(state));
+  auto doc = nlohmann::json::parse(std::ifstream(state));
+  CHECK(doc["files"][0]["off"] == 20 * 9);
 }
 
 TEST_CASE("tail: a reused inode with other content is a new file") {
