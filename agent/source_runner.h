@@ -68,6 +68,8 @@ class SourceRunner : public SourceContext {
     for (auto& ch : channels_) {
       listeners_.push_back(ch->addSpaceListener([this] { onSpace(); }));
     }
+    ++positions_gen_;  // what is in flight for the old channels is theirs
+    positions_only_.assign(channels_.size(), {});
   }
 
   void start() { source_->start(*this); }
@@ -206,13 +208,14 @@ class SourceRunner : public SourceContext {
     return true;
   }
 
-  // True when the channel took the batch (an optional channel may be full).
+  // True when the channel took the batch or (an optional channel that is full) the
+  // positions alone are on their way.
   bool putOne(size_t c, std::shared_ptr<const Batch> frozen) {
     size_t n = frozen->size();
     if (optional_[c] && !channels_[c]->hasRoom(n, frozen->bytes())) {
       optional_full_->inc(n);
-      if (spec_.selector.type != "multiplexing") positionsToKeeper(c);
-      return false;
+      positionsToKeeper(c);
+      return true;
     }
     // Required channels said yes just now and nothing ran in between: put cannot refuse.
     PutOptions options;
@@ -227,7 +230,9 @@ class SourceRunner : public SourceContext {
   // A channel that keeps positions gets the source's positions with every put, also one that
   // sent it no event (multiplexing) or found it full (optional): its durable position must
   // follow the source, or a source waiting for it (a spooled file to complete) would wait for
-  // ever, and one resuming from it would resume from an old place.
+  // ever, and one resuming from it would resume from an old place. Such positions-only puts
+  // are coalesced per channel: one in flight, the latest waiting, and none while the channel
+  // has no room (sent when it has again), so a full or failing channel is not flooded.
   void positionsToKeepers(const std::vector<bool>& got) {
     for (size_t c = 0; c < channels_.size(); ++c) {
       if (!got[c]) positionsToKeeper(c);
@@ -235,12 +240,34 @@ class SourceRunner : public SourceContext {
   }
   void positionsToKeeper(size_t c) {
     if (positions_->empty() || !channels_[c]->keepsPositions()) return;
+    positions_only_[c].latest = *positions_;
+    positions_only_[c].waiting = true;
+    sendPositionsOnly(c);
+  }
+  void sendPositionsOnly(size_t c) {
+    auto& p = positions_only_[c];
+    if (!p.waiting || p.in_flight) return;
+    size_t bytes = 0;
+    for (const auto& [k, v] : p.latest) bytes += k.size() + v.size();
+    if (!channels_[c]->hasRoom(0, bytes)) return;  // its space listener calls onSpace
     PutOptions options;
-    options.positions = *positions_;
-    channels_[c]->put(std::make_shared<const Batch>(), std::move(options));  // no room needed
+    options.positions = p.latest;
+    p.waiting = false;
+    p.in_flight = true;
+    std::weak_ptr<int> alive = alive_;
+    options.on_durable = [this, alive, c, gen = positions_gen_] {
+      if (alive.expired() || gen != positions_gen_) return;
+      positions_only_[c].in_flight = false;
+      sendPositionsOnly(c);
+    };
+    if (!channels_[c]->put(std::make_shared<const Batch>(), std::move(options))) {
+      p.in_flight = false;  // refused after all: kept for the next chance
+      p.waiting = true;
+    }
   }
 
   void onSpace() {
+    for (size_t c = 0; c < positions_only_.size(); ++c) sendPositionsOnly(c);
     if (parked_) {
       if (!tryPut(*parked_, parked_positions_)) return;
       parked_.reset();
@@ -274,6 +301,14 @@ class SourceRunner : public SourceContext {
   bool waiting_ = false;
   bool stopped_ = false;
   bool warned_unrouted_ = false;
+  struct PositionsOnly {
+    std::vector<std::pair<std::string, std::string>> latest;
+    bool waiting = false;    // latest is still to be sent
+    bool in_flight = false;  // a positions-only put is not durable yet
+  };
+  std::vector<PositionsOnly> positions_only_;  // per channel
+  uint64_t positions_gen_ = 0;                 // bumped when the channels change
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
 }  // namespace sluice

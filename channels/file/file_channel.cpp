@@ -682,7 +682,7 @@ FileChannel::ReadResult FileChannel::readAt(Loc& loc, Rec& out) {
     auto c = cache_.find({loc.seg, loc.off});
     if (c != cache_.end()) {
       out = c->second.rec;
-      maybeReadAhead(loc.seg, seg, loc.off, 0);
+      maybeReadAhead(loc.seg, seg, loc.off, {});
       return ReadResult::Ok;
     }
     int r = readRecordFromDisk(seg, loc, out);
@@ -706,33 +706,41 @@ FileChannel::ReadResult FileChannel::readAt(Loc& loc, Rec& out) {
     }
     out.positions.clear();
     cacheInsert(out);
-    maybeReadAhead(loc.seg, seg, loc.off, out.next.off);
+    maybeReadAhead(loc.seg, seg, loc.off, out.next);
     return ReadResult::Ok;
   }
 }
 
-// A consumer read the record at `at` of segment `key`: from the disk (`from` is then the offset
-// after it, where read-ahead starts) or from the cache (`from` 0: read-ahead continues past
-// what it reached once the consumer is past the middle of the window).
-void FileChannel::maybeReadAhead(uint64_t key, const Segment& seg, uint64_t at, uint64_t from) {
-  uint64_t budget = std::min(config_.read_ahead_bytes, config_.read_cache_bytes / 2);
+// A consumer read the record at `at` of segment `key`: from the disk (`next` is then where the
+// record after it starts, where read-ahead begins) or from the cache (`next.off` 0: read-ahead
+// continues past what it reached, once this consumer is inside the window and past its
+// middle; a consumer elsewhere in the segment, one that keeps up, say, asks for nothing).
+// The window is at most a quarter of the cache, whose accounting counts more than the bytes on
+// disk for small events, so a window never evicts its own start.
+void FileChannel::maybeReadAhead(uint64_t key, const Segment& seg, uint64_t at, Loc next) {
+  uint64_t budget = std::min(config_.read_ahead_bytes, config_.read_cache_bytes / 4);
   if (budget == 0) return;
   auto it = ra_state_.find(key);
-  if (from == 0) {
-    // A cache hit: only a segment read-ahead already works on, near the end of its window.
-    if (it == ra_state_.end() || it->second.busy || it->second.until >= seg.size) return;
-    if (at + budget / 2 < it->second.until) return;
-    from = it->second.until;
-  } else {
-    if (it != ra_state_.end() && (it->second.busy || from < it->second.until)) return;
+  Loc from = next;
+  if (next.off == 0) {
+    if (it == ra_state_.end() || it->second.busy) return;
+    const ReadAheadState& st = it->second;
+    if (at >= st.until || at + budget / 2 < st.until) return;
+    from = {key, st.until, st.until_seq};
+  } else if (it != ra_state_.end() && (it->second.busy || from.off < it->second.until)) {
+    return;
   }
-  if (from + filech::kRecordHeader > seg.size) return;
+  if (from.off + filech::kRecordHeader > seg.size) return;
   ReadAheadState& st = ra_state_[key];
+  if (from.off == st.failed_at) return;  // the reader could not read there: the loop reads it
   st.busy = true;
-  st.until = std::max(st.until, from);
+  if (from.off > st.until) {
+    st.until = from.off;
+    st.until_seq = from.seq;
+  }
   {
     std::lock_guard lock(mutex_);
-    ra_jobs_.push_back({key, seg.path, from, seg.size, budget});
+    ra_jobs_.push_back({key, seg.path, from.off, from.seq, seg.size, budget});
   }
   if (!reader_.joinable()) reader_ = std::thread([this] { readerMain(); });
   reader_cv_.notify_one();
@@ -756,25 +764,25 @@ void FileChannel::readerMain() {
     done.next = job.from;
     int fd = ops_->open(job.path, O_RDONLY | O_CLOEXEC, 0);
     if (fd >= 0) {
-      uint64_t off = job.from;
+      Loc at{job.seg, job.from, job.seq};
       uint64_t read = 0;
       while (read < job.budget) {
         Rec rec;
-        if (readRecord(*ops_, fd, job.end, {job.seg, off, 0}, rec, true) != 1) break;
-        read += rec.next.off - off;
-        off = rec.next.off;
+        if (readRecord(*ops_, fd, job.end, at, rec, true) != 1) break;
+        read += rec.next.off - at.off;
+        at = rec.next;
         done.recs.push_back(std::move(rec));
         std::lock_guard lock(mutex_);
         if (reader_stop_) break;
       }
       ops_->close(fd);
-      done.next = off;
+      done.next = at.off;
+      done.next_seq = at.seq;
     }
     {
       std::lock_guard lock(mutex_);
       if (reader_stop_) return;
       ra_done_.push_back(std::move(done));
-      writer_signal_ = true;
     }
     uv_async_send(async_);
   }
@@ -802,8 +810,14 @@ void FileChannel::takeReadAhead() {
     read_ahead_bytes_->inc(bytes);
     if (st == ra_state_.end()) continue;
     st->second.busy = false;
-    // Nothing read (a record that does not verify, or the end): the loop's reads take over.
-    st->second.until = d.recs.empty() ? UINT64_MAX : std::max(st->second.until, d.next);
+    if (d.recs.empty()) {
+      // Nothing read there (a record that does not verify, or an error): not asked again; the
+      // loop's own read handles it, and read-ahead resumes after it.
+      st->second.failed_at = d.next;
+    } else if (d.next > st->second.until) {
+      st->second.until = d.next;
+      st->second.until_seq = d.next_seq;
+    }
   }
   // Segments freed meanwhile.
   for (auto it = ra_state_.begin(); it != ra_state_.end();) {
@@ -1647,7 +1661,7 @@ void registerFileChannel(Registry& registry) {
             "Recently written or read batches kept in memory for consumers")
       .size("read_ahead_bytes", &FileChannelConfig::read_ahead_bytes, "4MiB", 0, 1ull << 30,
             "How far a reader thread reads a backlog ahead of a consumer, into the read cache "
-            "(at most half of read_cache_bytes; 0: off, the loop reads every record itself)")
+            "(at most a quarter of read_cache_bytes; 0: off, the loop reads every record itself)")
       .duration("retry_backoff", &FileChannelConfig::retry_backoff, "100ms", Millis(1),
                 Millis(5000), "First wait before a failed disk write is retried (doubles)");
   registry.addChannel<FileChannelConfig, FileChannel>(

@@ -102,10 +102,10 @@
 // listeners fire when a segment is deleted or free space comes back.
 //
 // Read-ahead: when a take has to read a record from disk (a backlog), the reader thread reads
-// and decodes the records that follow in that segment, up to `read_ahead_bytes` (at most half
-// the read cache), and hands them to the loop for the read cache; the next window is asked for
-// when a consumer passes the middle of the current one. A consumer draining a backlog then
-// reads on the loop only the first record of each segment; everything else comes decoded from
+// and decodes the records that follow in that segment, up to `read_ahead_bytes` (at most a
+// quarter of the read cache), and hands them to the loop for the read cache; the next window is
+// asked for when a consumer inside the current one passes its middle. A consumer draining a backlog
+// then reads on the loop only the first record of each segment; everything else comes decoded from
 // the cache. The reader stops at anything that does not verify; the loop's own read handles
 // it (corruption, damage) as before.
 //
@@ -317,7 +317,7 @@ class FileChannel final : public Channel {
   static int readRecord(FileOps& ops, int fd, uint64_t seg_size, const Loc& loc, Rec& out,
                         bool events);
   // Read-ahead (see above).
-  void maybeReadAhead(uint64_t key, const Segment& seg, uint64_t at, uint64_t from);
+  void maybeReadAhead(uint64_t key, const Segment& seg, uint64_t at, Loc next);
   void readerMain();
   void takeReadAhead();
   // Offset of the next valid record at or after `from` in seg; seg.size when none.
@@ -393,7 +393,9 @@ class FileChannel final : public Channel {
   Counter* read_ahead_bytes_;
   // Loop: per segment, how far read-ahead reached and whether a request is out.
   struct ReadAheadState {
-    uint64_t until = 0;
+    uint64_t until = 0;  // read ahead up to here (a record boundary)
+    uint64_t until_seq = 0;
+    uint64_t failed_at = UINT64_MAX;  // where the reader last read nothing
     bool busy = false;
   };
   std::map<uint64_t, ReadAheadState> ra_state_;
@@ -450,6 +452,7 @@ class FileChannel final : public Channel {
     uint64_t seg = 0;
     std::string path;
     uint64_t from = 0;  // a record boundary
+    uint64_t seq = 0;   // the event number of the record there
     uint64_t end = 0;   // durable size of the segment when asked
     uint64_t budget = 0;
   };
@@ -457,6 +460,7 @@ class FileChannel final : public Channel {
     uint64_t seg = 0;
     std::vector<Rec> recs;
     uint64_t next = 0;  // the offset after the last record read
+    uint64_t next_seq = 0;
   };
   std::deque<ReadAheadJob> ra_jobs_;
   std::vector<ReadAheadDone> ra_done_;

@@ -265,7 +265,7 @@ TEST_CASE("positions reach every file channel of a source, also one routed no ev
       BuildContext ctx;
       ctx.loop = &loop;
       ctx.metrics = metrics.set("CHANNEL", "a");
-      auto a = makeMemoryChannel(MemoryChannelConfig{100, 1 << 20}, ctx);
+      auto a = makeMemoryChannel(MemoryChannelConfig{1000, 1 << 20}, ctx);
       ctx.metrics = metrics.set("CHANNEL", "b");
       FileChannelConfig fc;
       fc.dir = dir;
@@ -285,6 +285,20 @@ TEST_CASE("positions reach every file channel of a source, also one routed no ev
       }
       CHECK(runner.durablePositions("k") == std::vector<std::string>{"v1"});
       CHECK(b->stats().events == 0);
+      // Positions-only puts are coalesced: a burst of batches routed elsewhere writes the first
+      // and the latest positions, not one record per batch.
+      uint64_t bytes_before = b->stats().bytes;
+      for (int i = 2; i <= 200; ++i) {
+        Batch more = lines({"x"});
+        std::string v = "v" + std::to_string(i);
+        CHECK(runner.offerWithPositions(more, {{"k", v}}) == OfferResult::Accepted);
+      }
+      for (int i = 0; i < 2000 && runner.durablePositions("k") != std::vector<std::string>{"v200"};
+           ++i) {
+        uv_run(&loop, UV_RUN_ONCE);
+      }
+      CHECK(runner.durablePositions("k") == std::vector<std::string>{"v200"});
+      CHECK(b->stats().bytes - bytes_before < 4 * 64);  // two small records, not 199
       runner.setChannels({});
     }
     uv_run(&loop, UV_RUN_DEFAULT);
