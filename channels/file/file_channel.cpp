@@ -219,7 +219,6 @@ FileChannel::FileChannel(const FileChannelConfig& config, const BuildContext& co
   corrupt_ = &metrics_->counter("CorruptRecordCount");
   damaged_ = &metrics_->counter("DamagedSegmentCount");
   write_errors_ = &metrics_->counter("WriteErrorCount");
-  read_ahead_bytes_ = &metrics_->counter("ReadAheadBytes");
 
   async_ = new uv_async_t;
   uv_async_init(context.loop, async_, &FileChannel::onAsync);
@@ -257,14 +256,6 @@ FileChannel::FileChannel(const FileChannelConfig& config, const BuildContext& co
 FileChannel::~FileChannel() {
   if (destroyed_) *destroyed_ = true;
   metrics_->clearGauges(this);
-  if (reader_.joinable()) {
-    {
-      std::lock_guard lock(mutex_);
-      reader_stop_ = true;
-    }
-    reader_cv_.notify_all();
-    reader_.join();
-  }
   if (writer_.joinable()) {
     // A simulated kill -9 loses the journal records still due at the end of this loop turn.
     if (crashed_) {
@@ -551,22 +542,17 @@ int FileChannel::readRecordFromDisk(Segment& seg, const Loc& loc, Rec& out, bool
   if (seg.size < loc.off || seg.size - loc.off < filech::kRecordHeader) return 0;
   int fd = readFd(seg);
   if (fd < 0) return -2;
-  return readRecord(*ops_, fd, seg.size, loc, out, events);
-}
-
-int FileChannel::readRecord(FileOps& ops, int fd, uint64_t seg_size, const Loc& loc, Rec& out,
-                            bool events) {
-  if (seg_size < loc.off || seg_size - loc.off < filech::kRecordHeader) return 0;
   char hdr[filech::kRecordHeader];
-  ssize_t n = ops.pread(fd, hdr, sizeof hdr, static_cast<off_t>(loc.off));
+  ssize_t n = ops_->pread(fd, hdr, sizeof hdr, static_cast<off_t>(loc.off));
   if (n < 0) return -1;
   if (n != static_cast<ssize_t>(sizeof hdr)) return 0;
   filech::RecordHeader h;
   if (!filech::parseHeader(hdr, h)) return 0;
-  uint64_t room = seg_size - loc.off - filech::kRecordHeader;
+  uint64_t room = seg.size - loc.off - filech::kRecordHeader;
   if (h.length > room || h.length > filech::kMaxRecordPayload || h.seq < loc.seq) return 0;
   std::string payload(h.length, '\0');
-  n = ops.pread(fd, payload.data(), h.length, static_cast<off_t>(loc.off + filech::kRecordHeader));
+  n = ops_->pread(fd, payload.data(), h.length,
+                  static_cast<off_t>(loc.off + filech::kRecordHeader));
   if (n < 0) return -1;
   if (n != static_cast<ssize_t>(h.length)) return 0;
   if (!filech::checkCrc(h, payload.data())) return 0;
@@ -682,7 +668,6 @@ FileChannel::ReadResult FileChannel::readAt(Loc& loc, Rec& out) {
     auto c = cache_.find({loc.seg, loc.off});
     if (c != cache_.end()) {
       out = c->second.rec;
-      maybeReadAhead(loc.seg, seg, loc.off, {});
       return ReadResult::Ok;
     }
     int r = readRecordFromDisk(seg, loc, out);
@@ -706,122 +691,7 @@ FileChannel::ReadResult FileChannel::readAt(Loc& loc, Rec& out) {
     }
     out.positions.clear();
     cacheInsert(out);
-    maybeReadAhead(loc.seg, seg, loc.off, out.next);
     return ReadResult::Ok;
-  }
-}
-
-// A consumer read the record at `at` of segment `key`: from the disk (`next` is then where the
-// record after it starts, where read-ahead begins) or from the cache (`next.off` 0: read-ahead
-// continues past what it reached, once this consumer is inside the window and past its
-// middle; a consumer elsewhere in the segment, one that keeps up, say, asks for nothing).
-// The window is at most a quarter of the cache, whose accounting counts more than the bytes on
-// disk for small events, so a window never evicts its own start.
-void FileChannel::maybeReadAhead(uint64_t key, const Segment& seg, uint64_t at, Loc next) {
-  uint64_t budget = std::min(config_.read_ahead_bytes, config_.read_cache_bytes / 4);
-  if (budget == 0) return;
-  auto it = ra_state_.find(key);
-  Loc from = next;
-  if (next.off == 0) {
-    if (it == ra_state_.end() || it->second.busy) return;
-    const ReadAheadState& st = it->second;
-    if (at >= st.until || at + budget / 2 < st.until) return;
-    from = {key, st.until, st.until_seq};
-  } else if (it != ra_state_.end() && (it->second.busy || from.off < it->second.until)) {
-    return;
-  }
-  if (from.off + filech::kRecordHeader > seg.size) return;
-  ReadAheadState& st = ra_state_[key];
-  if (from.off == st.failed_at) return;  // the reader could not read there: the loop reads it
-  st.busy = true;
-  if (from.off > st.until) {
-    st.until = from.off;
-    st.until_seq = from.seq;
-  }
-  {
-    std::lock_guard lock(mutex_);
-    ra_jobs_.push_back({key, seg.path, from.off, from.seq, seg.size, budget});
-  }
-  if (!reader_.joinable()) reader_ = std::thread([this] { readerMain(); });
-  reader_cv_.notify_one();
-}
-
-// Reader thread: reads whole records of one segment from `from` while they verify, up to the
-// budget, and hands them over decoded. Opens the segment by path (the loop may close, rename
-// or delete it meanwhile: then nothing is read, or what was read is dropped on the loop).
-void FileChannel::readerMain() {
-  for (;;) {
-    ReadAheadJob job;
-    {
-      std::unique_lock lock(mutex_);
-      reader_cv_.wait(lock, [this] { return reader_stop_ || !ra_jobs_.empty(); });
-      if (reader_stop_) return;
-      job = std::move(ra_jobs_.front());
-      ra_jobs_.pop_front();
-    }
-    ReadAheadDone done;
-    done.seg = job.seg;
-    done.next = job.from;
-    int fd = ops_->open(job.path, O_RDONLY | O_CLOEXEC, 0);
-    if (fd >= 0) {
-      Loc at{job.seg, job.from, job.seq};
-      uint64_t read = 0;
-      while (read < job.budget) {
-        Rec rec;
-        if (readRecord(*ops_, fd, job.end, at, rec, true) != 1) break;
-        read += rec.next.off - at.off;
-        at = rec.next;
-        done.recs.push_back(std::move(rec));
-        std::lock_guard lock(mutex_);
-        if (reader_stop_) break;
-      }
-      ops_->close(fd);
-      done.next = at.off;
-      done.next_seq = at.seq;
-    }
-    {
-      std::lock_guard lock(mutex_);
-      if (reader_stop_) return;
-      ra_done_.push_back(std::move(done));
-    }
-    uv_async_send(async_);
-  }
-}
-
-// Loop: puts what the reader read into the read cache (for segments still here).
-void FileChannel::takeReadAhead() {
-  std::vector<ReadAheadDone> done;
-  {
-    std::lock_guard lock(mutex_);
-    done.swap(ra_done_);
-  }
-  for (auto& d : done) {
-    auto st = ra_state_.find(d.seg);
-    if (!segments_.count(d.seg)) {
-      if (st != ra_state_.end()) ra_state_.erase(st);
-      continue;
-    }
-    uint64_t bytes = 0;
-    for (auto& rec : d.recs) {
-      bytes += rec.next.off - rec.loc.off;
-      rec.positions.clear();
-      cacheInsert(rec);
-    }
-    read_ahead_bytes_->inc(bytes);
-    if (st == ra_state_.end()) continue;
-    st->second.busy = false;
-    if (d.recs.empty()) {
-      // Nothing read there (a record that does not verify, or an error): not asked again; the
-      // loop's own read handles it, and read-ahead resumes after it.
-      st->second.failed_at = d.next;
-    } else if (d.next > st->second.until) {
-      st->second.until = d.next;
-      st->second.until_seq = d.next_seq;
-    }
-  }
-  // Segments freed meanwhile.
-  for (auto it = ra_state_.begin(); it != ra_state_.end();) {
-    it = segments_.count(it->first) ? std::next(it) : ra_state_.erase(it);
   }
 }
 
@@ -1290,7 +1160,6 @@ void FileChannel::signalLoop() {
 void FileChannel::dispatch() {
   dispatch_pending_ = false;
   flushJournals();
-  takeReadAhead();
   std::vector<Done> done;
   bool signal = false;
   {
@@ -1659,9 +1528,6 @@ void registerFileChannel(Registry& registry) {
                 Millis(60000), "Most time a committed cursor position waits to be written")
       .size("read_cache_bytes", &FileChannelConfig::read_cache_bytes, "16MiB", 0, 1ull << 32,
             "Recently written or read batches kept in memory for consumers")
-      .size("read_ahead_bytes", &FileChannelConfig::read_ahead_bytes, "4MiB", 0, 1ull << 30,
-            "How far a reader thread reads a backlog ahead of a consumer, into the read cache "
-            "(at most a quarter of read_cache_bytes; 0: off, the loop reads every record itself)")
       .duration("retry_backoff", &FileChannelConfig::retry_backoff, "100ms", Millis(1),
                 Millis(5000), "First wait before a failed disk write is retried (doubles)");
   registry.addChannel<FileChannelConfig, FileChannel>(

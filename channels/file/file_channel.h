@@ -101,22 +101,13 @@
 // channel accepts one batch of any size under max_bytes (as the memory channel does). Space
 // listeners fire when a segment is deleted or free space comes back.
 //
-// Read-ahead: when a take has to read a record from disk (a backlog), the reader thread reads
-// and decodes the records that follow in that segment, up to `read_ahead_bytes` (at most a
-// quarter of the read cache), and hands them to the loop for the read cache; the next window is
-// asked for when a consumer inside the current one passes its middle. A consumer draining a backlog
-// then reads on the loop only the first record of each segment; everything else comes decoded from
-// the cache. The reader stops at anything that does not verify; the loop's own read handles
-// it (corruption, damage) as before.
-//
-// Threads: everything except the writer and the reader runs on the loop thread. The loop still
-// reads (pread) a record itself on a cache miss: bounded (one record), rare with read-ahead,
-// and never for consumers that keep up.
+// Threads: everything except the writer runs on the loop thread. Reads (pread) of old records
+// happen on the loop thread; the read cache makes them rare for consumers that keep up.
 //
 // Metrics: ChannelSize, ChannelBytes (on disk), ChannelCapacity (max_bytes),
 // ChannelFillPercentage, EventPutAttemptCount, EventPutSuccessCount, PutRefusedCount,
 // EventTakeAttemptCount, EventTakeSuccessCount, CommitCount (takes committed), RollbackCount,
-// FsyncCount, FsyncLatencyMaxMs, ReadAheadBytes (record bytes the reader thread read)
+// FsyncCount, FsyncLatencyMaxMs
 // (largest fdatasync of the last 10 s), CorruptRecordCount, DamagedSegmentCount,
 // WriteErrorCount, and ConsumerLag_<consumer> per consumer.
 
@@ -156,7 +147,6 @@ struct FileChannelConfig {
   Millis fsync_interval{1000};
   Millis checkpoint_interval{1000};
   uint64_t read_cache_bytes = 16ull << 20;
-  uint64_t read_ahead_bytes = 4ull << 20;
   Millis retry_backoff{100};
   bool operator==(const FileChannelConfig&) const = default;
 };
@@ -313,13 +303,6 @@ class FileChannel final : public Channel {
   // `events` false: the record is checked and its positions read, but no event is copied
   // (out.batch stays null); for the start-up scan, which needs only counts and positions.
   int readRecordFromDisk(Segment& seg, const Loc& loc, Rec& out, bool events = true);
-  // The same on an open fd of a segment of seg_size durable bytes; any thread.
-  static int readRecord(FileOps& ops, int fd, uint64_t seg_size, const Loc& loc, Rec& out,
-                        bool events);
-  // Read-ahead (see above).
-  void maybeReadAhead(uint64_t key, const Segment& seg, uint64_t at, Loc next);
-  void readerMain();
-  void takeReadAhead();
   // Offset of the next valid record at or after `from` in seg; seg.size when none.
   uint64_t scanForward(Segment& seg, uint64_t from, uint64_t& seq);
   void reportCorrupt(uint64_t seg, uint64_t off, const char* why);
@@ -390,15 +373,6 @@ class FileChannel final : public Channel {
   Counter* corrupt_;
   Counter* damaged_;
   Counter* write_errors_;
-  Counter* read_ahead_bytes_;
-  // Loop: per segment, how far read-ahead reached and whether a request is out.
-  struct ReadAheadState {
-    uint64_t until = 0;  // read ahead up to here (a record boundary)
-    uint64_t until_seq = 0;
-    uint64_t failed_at = UINT64_MAX;  // where the reader last read nothing
-    bool busy = false;
-  };
-  std::map<uint64_t, ReadAheadState> ra_state_;
 
   // Loop-thread state.
   std::map<uint64_t, Segment> segments_;
@@ -447,26 +421,6 @@ class FileChannel final : public Channel {
   bool writer_signal_ = false;  // the writer has news (free space, errors) besides done_
   bool stopping_ = false;
   std::thread writer_;
-  // Read-ahead, under mutex_: requests for the reader and what it read.
-  struct ReadAheadJob {
-    uint64_t seg = 0;
-    std::string path;
-    uint64_t from = 0;  // a record boundary
-    uint64_t seq = 0;   // the event number of the record there
-    uint64_t end = 0;   // durable size of the segment when asked
-    uint64_t budget = 0;
-  };
-  struct ReadAheadDone {
-    uint64_t seg = 0;
-    std::vector<Rec> recs;
-    uint64_t next = 0;  // the offset after the last record read
-    uint64_t next_seq = 0;
-  };
-  std::deque<ReadAheadJob> ra_jobs_;
-  std::vector<ReadAheadDone> ra_done_;
-  bool reader_stop_ = false;
-  std::condition_variable reader_cv_;
-  std::thread reader_;  // started at the first read-ahead
   std::atomic<uint64_t> free_bytes_{UINT64_MAX};
   std::atomic<uint64_t> min_free_{0};
   std::atomic<uint64_t> fsync_max_us_{0};
