@@ -421,10 +421,8 @@ class KafkaSink : public Sink {
       polling_ = false;
       requestStop();
       thread_.join();
-    } else if (rk_) {
-      rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-      destroyTopics();
-      rd_kafka_destroy(rk_);
+    } else {
+      destroyProducer();  // never started: no queue event was enabled
     }
     rk_ = nullptr;
     if (dl_fd_ >= 0) ::close(dl_fd_);
@@ -915,16 +913,7 @@ class KafkaSink : public Sink {
     if (thread_done) {
       // The producer is gone; should anything be left (purged at the flush deadline, or never
       // produced for lack of queue room), it is answered Retry, never dropped.
-      std::vector<Delivery*> left;
-      for (auto& [d, owned] : deliveries_) {
-        d->retry = true;
-        d->queued = false;
-        if (d->retry_reason.empty()) d->retry_reason = "kafka sink stopped";
-        left.push_back(d);
-      }
-      blocked_.clear();
-      in_flight_ = 0;
-      finish(left);
+      retryAllOpen("kafka sink stopped", false);
       thread_.join();
       rk_ = nullptr;  // destroyed by the writer thread
       closeHandles();
@@ -1038,15 +1027,20 @@ class KafkaSink : public Sink {
   // The old producer is destroyed (nothing reads the batches any more): every delivery it held
   // is answered Retry now, whether or not a new producer can be made, so a stop or a reload
   // never waits on the replacement.
-  void releaseOld() {
-    in_flight_ = 0;
+  void releaseOld() { retryAllOpen("the kafka producer was recreated after a fatal error", true); }
+
+  // Answers every open delivery Retry once the producer that held them is gone (none of their
+  // events is in librdkafka any more). `replace`: this reason wins over an earlier one.
+  void retryAllOpen(const char* reason, bool replace) {
     std::vector<Delivery*> left;
     for (auto& [d, owned] : deliveries_) {
       d->retry = true;
       d->queued = false;
-      d->retry_reason = "the kafka producer was recreated after a fatal error";
+      if (replace || d->retry_reason.empty()) d->retry_reason = reason;
       left.push_back(d);
     }
+    blocked_.clear();
+    in_flight_ = 0;
     finish(left);
   }
 
