@@ -1,6 +1,9 @@
 #include "agent/diagnostics.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <iterator>
 
 namespace sluice {
 
@@ -21,9 +24,8 @@ std::string Diagnostics::format() const {
   std::string out;
   for (const auto& d : items_) {
     out += file_.empty() ? "<config>" : file_;
-    if (d.where.line > 0) {
-      out += ":" + std::to_string(d.where.line) + ":" + std::to_string(d.where.column);
-    }
+    if (d.where.line > 0)
+      fmt::format_to(std::back_inserter(out), ":{}:{}", d.where.line, d.where.column);
     out += d.severity == Diagnostic::Severity::Error ? ": error: " : ": warning: ";
     if (!d.path.empty()) out += d.path + ": ";
     out += d.message + "\n";

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config git
+  build-essential cmake ninja-build pkg-config git ccache
   clang clang-format libclang-rt-14-dev
   libyaml-cpp-dev libuv1-dev libspdlog-dev libfmt-dev librdkafka-dev libssl-dev
   libcurl4-openssl-dev libsystemd-dev doctest-dev nlohmann-json3-dev

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
+# ccache (when installed) keys its cache on paths relative to the checkout, so a fresh clone
+# anywhere reuses what an earlier build compiled.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 ./scripts/kafka-broker.sh fetch
 
 echo "== build (default preset)"
@@ -27,6 +30,10 @@ ctest --preset default
 
 echo "== fuzz: syslog parser and framing (libFuzzer + ASan + UBSan, bounded)"
 FUZZ_SECONDS=60 tests/fuzz/run.sh build/fuzz
+
+echo "== Release build, tests included (what a user or packager builds; must be warning-free)"
+cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build/release
 
 echo "== build and tests under ASan + UBSan"
 cmake --preset asan
