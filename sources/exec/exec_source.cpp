@@ -16,6 +16,10 @@ constexpr size_t kStderrReadBytes = 4 * 1024;
 // stderr lines are only logged: keep them short.
 constexpr size_t kStderrMaxLineBytes = 16 * 1024;
 constexpr uint64_t kMaxLineBytes = uint64_t{64} << 20;
+// A child writing stderr in a loop must not flood the agent's log: 100 lines at once, then 10
+// a second; the rest are counted (StderrLinesSuppressedCount) and summed up in one line.
+constexpr double kStderrLinesPerSecond = 10;
+constexpr double kStderrBurstLines = 100;
 
 LineSplitterOptions stdoutSplitterOptions(const ExecConfig& config) {
   LineSplitterOptions options;
@@ -51,8 +55,10 @@ const OptionTable<ExecConfig>& execOptionTable() {
         .choice("on_long_line", &ExecConfig::on_long_line, {"split", "truncate"}, "split",
                 "split: cut a long line into max_line_bytes events; truncate: keep its start")
         .boolean("restart", &ExecConfig::restart, true, "run the command again when it exits")
-        .duration("restart_throttle", &ExecConfig::restart_throttle, "10s", Millis(0),
-                  Millis(86400000), "wait this long before running the command again")
+        .duration("restart_throttle", &ExecConfig::restart_throttle, "10s", Millis(1000),
+                  Millis(86400000),
+                  "wait this long before running the command again (at least 1s, so a command "
+                  "that fails at once cannot restart in a tight loop)")
         .boolean("log_stderr", &ExecConfig::log_stderr, true,
                  "log each stderr line of the command at warn level; false: discard stderr");
     return t;
@@ -78,7 +84,8 @@ ExecSource::ExecSource(ExecConfig config)
     : config_(std::move(config)),
       argv_(execArgv(config_)),
       splitter_(stdoutSplitterOptions(config_)),
-      stderr_splitter_(stderrSplitterOptions()) {}
+      stderr_splitter_(stderrSplitterOptions()),
+      stderr_limiter_(kStderrLinesPerSecond, kStderrBurstLines) {}
 
 ExecSource::~ExecSource() {
   if (open_handles_ > 0) {
@@ -100,6 +107,7 @@ void ExecSource::start(SourceContext& ctx) {
   counters_.lines_truncated = &m.counter("LinesTruncatedCount");
   counters_.bytes_read = &m.counter("BytesReadCount");
   counters_.dropped = &m.counter("DroppedEventCount");
+  counters_.stderr_suppressed = &m.counter("StderrLinesSuppressedCount");
   stdout_buf_.resize(kStdoutReadBytes);
   stderr_buf_.resize(kStderrReadBytes);
   for (uv_timer_t* timer : {&batch_timer_, &restart_timer_, &kill_timer_}) {
@@ -269,10 +277,24 @@ void ExecSource::onStdoutEnd() {
 }
 
 void ExecSource::onStderrEnd() {
-  const std::string& name = ctx_->name();
-  stderr_splitter_.flush(
-      [&](std::string_view line) { spdlog::warn("exec source '{}': stderr: {}", name, line); });
+  stderr_splitter_.flush([this](std::string_view line) { logStderr(line); });
+  if (uint64_t left_out = stderr_limiter_.takeSuppressed(); left_out > 0) {
+    spdlog::warn("exec source '{}': {} more stderr lines were not logged (rate limit)",
+                 ctx_->name(), left_out);
+  }
   closeHandle(reinterpret_cast<uv_handle_t*>(&stderr_pipe_));
+}
+
+void ExecSource::logStderr(std::string_view line) {
+  if (!stderr_limiter_.allow(uv_now(loop_))) {
+    counters_.stderr_suppressed->inc();
+    return;
+  }
+  if (uint64_t left_out = stderr_limiter_.takeSuppressed(); left_out > 0) {
+    spdlog::warn("exec source '{}': {} stderr lines were not logged (more than {} a second)",
+                 ctx_->name(), left_out, kStderrLinesPerSecond);
+  }
+  spdlog::warn("exec source '{}': stderr: {}", ctx_->name(), line);
 }
 
 void ExecSource::onExit(int64_t exit_status, int term_signal) {
@@ -348,8 +370,7 @@ void ExecSource::stop(std::function<void()> done) {
   pauseReading();
   if (stderr_open_) {
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&stderr_pipe_));
-    stderr_splitter_.flush(
-        [&](std::string_view line) { spdlog::warn("exec source '{}': stderr: {}", name, line); });
+    stderr_splitter_.flush([this](std::string_view line) { logStderr(line); });
   }
 
   // What was read so far, including an unfinished last line, is offered once more.
@@ -460,10 +481,8 @@ void ExecSource::readStdout(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
 void ExecSource::readStderr(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   auto* self = static_cast<ExecSource*>(stream->data);
   if (nread > 0) {
-    const std::string& name = self->ctx_->name();
-    self->stderr_splitter_.feed(
-        std::string_view(buf->base, static_cast<size_t>(nread)),
-        [&](std::string_view line) { spdlog::warn("exec source '{}': stderr: {}", name, line); });
+    self->stderr_splitter_.feed(std::string_view(buf->base, static_cast<size_t>(nread)),
+                                [self](std::string_view line) { self->logStderr(line); });
   } else if (nread < 0) {
     self->onStderrEnd();
   }

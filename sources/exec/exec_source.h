@@ -27,6 +27,7 @@
 
 #include "agent/event.h"
 #include "agent/line_splitter.h"
+#include "agent/log_limiter.h"
 #include "agent/options.h"
 #include "agent/registry.h"
 #include "agent/source.h"
@@ -79,6 +80,7 @@ class ExecSource final : public Source, private LineSink {
     Counter* lines_truncated = nullptr;
     Counter* bytes_read = nullptr;
     Counter* dropped = nullptr;
+    Counter* stderr_suppressed = nullptr;
   };
 
   void spawnChild();
@@ -93,6 +95,8 @@ class ExecSource final : public Source, private LineSink {
   void resumeReading();
   void onStdoutEnd();
   void onStderrEnd();
+  // Logs one stderr line of the child, within the rate limit; the rest are counted.
+  void logStderr(std::string_view line);
   void onExit(int64_t exit_status, int term_signal);
   void onClosed(uv_handle_t* handle);
   void maybeRunFinished();
@@ -115,6 +119,7 @@ class ExecSource final : public Source, private LineSink {
 
   LineSplitter splitter_;
   LineSplitter stderr_splitter_;
+  LogLimiter stderr_limiter_;
   uint64_t seen_split_ = 0;
   uint64_t seen_truncated_ = 0;
 

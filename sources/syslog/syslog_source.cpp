@@ -140,6 +140,9 @@ const OptionTable<SyslogConfig>& syslogOptionTable() {
                  "tls:// clients must present a certificate signed by ca_file")
         .choice("min_tls_version", &SyslogConfig::min_tls_version, {"1.2", "1.3"}, "1.2",
                 "oldest TLS version accepted")
+        .string("tls_ciphers", &SyslogConfig::tls_ciphers, kSyslogDefaultTlsCiphers,
+                "OpenSSL cipher list for TLS 1.2 connections (TLS 1.3 suites are all AEAD); the "
+                "default offers only forward-secret AEAD suites, no CBC")
         .string("rfc3164_timezone", &SyslogConfig::rfc3164_timezone, "local",
                 "zone of RFC 3164 timestamps that carry none: local (the host's, from TZ or "
                 "/etc/localtime), UTC, an offset like +05:30, or an IANA name like "
@@ -235,6 +238,8 @@ static SSL_CTX* buildTlsContext(const SyslogConfig& config, std::string& error) 
   } else if (SSL_CTX_set_min_proto_version(
                  tls, config.min_tls_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION) != 1) {
     what = "cannot set min_tls_version";
+  } else if (SSL_CTX_set_cipher_list(tls, config.tls_ciphers.c_str()) != 1) {
+    what = "tls_ciphers '" + config.tls_ciphers + "' names no usable cipher";
   } else if (SSL_CTX_use_certificate_chain_file(tls, config.cert_file.c_str()) != 1) {
     what = "cannot load cert_file '" + config.cert_file + "'";
   } else if (SSL_CTX_use_PrivateKey_file(tls, config.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {

@@ -46,6 +46,12 @@
 
 namespace sluice {
 
+// TLS 1.2 suites offered by default: forward secrecy and AEAD only (no CBC, whose padding
+// oracles keep coming back).
+inline constexpr const char* kSyslogDefaultTlsCiphers =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+
 struct SyslogConfig {
   std::vector<std::string> listeners;
   uint64_t batch_size = 1000;
@@ -62,6 +68,7 @@ struct SyslogConfig {
   std::string ca_file;
   bool verify_client = false;
   std::string min_tls_version = "1.2";
+  std::string tls_ciphers = kSyslogDefaultTlsCiphers;
   std::string rfc3164_timezone = "local";
   bool operator==(const SyslogConfig&) const = default;
 };

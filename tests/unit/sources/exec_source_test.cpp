@@ -32,6 +32,12 @@ class LogCapture {
   ~LogCapture() { spdlog::set_default_logger(previous_); }
   bool contains(const std::string& s) const { return out_.str().find(s) != std::string::npos; }
   std::string text() const { return out_.str(); }
+  size_t count(const std::string& s) const {
+    std::string t = out_.str();
+    size_t n = 0;
+    for (size_t at = t.find(s); at != std::string::npos; at = t.find(s, at + s.size())) ++n;
+    return n;
+  }
 
  private:
   std::ostringstream out_;
@@ -328,6 +334,26 @@ TEST_CASE("exec: stderr is logged per line, or discarded") {
   }
 }
 
+TEST_CASE("exec: a flood of stderr is logged within a rate limit and the rest counted") {
+  LogCapture log;
+  TestLoop loop;
+  FakeSourceContext ctx(loop.get(), "exec_test");
+  ExecConfig c = config("i=0; while [ $i -lt 5000 ]; do echo \"noise $i\" >&2; i=$((i+1)); done");
+  c.restart = false;
+  ExecSource src(c);
+  src.start(ctx);
+  CHECK(loop.runUntil([&] { return ctx.count("ProcessExitCount") == 1 && src.idle(); }));
+  uint64_t suppressed = ctx.count("StderrLinesSuppressedCount");
+  size_t logged = log.count("stderr: noise ");
+  INFO("logged " << logged << ", suppressed " << suppressed);
+  // The burst (100) plus what the rate refills while the loop runs; far below 5000.
+  CHECK(logged >= 100);
+  CHECK(logged < 1000);
+  CHECK(logged + suppressed == 5000);
+  CHECK(log.contains("stderr lines were not logged (rate limit)"));
+  CHECK(stopAndLinger(loop, src) == 1);
+}
+
 TEST_CASE("exec: long lines are split or truncated and counted") {
   for (const char* policy : {"split", "truncate"}) {
     TestLoop loop;
@@ -409,7 +435,7 @@ TEST_CASE("exec: option table parses values, applies defaults and reports errors
     auto parsed =
         type->parse(YAML::Load("{command: x, shell: false, batch_size: 5, batch_timeout: 250ms, "
                                "max_line_bytes: 4KiB, on_long_line: truncate, restart: false, "
-                               "restart_throttle: 0, log_stderr: false}"),
+                               "restart_throttle: 1s, log_stderr: false}"),
                     reader, "sources.e");
     CHECK_FALSE(diag.hasErrors());
     ExecConfig cfg = std::any_cast<ExecConfig>(parsed);
@@ -419,17 +445,18 @@ TEST_CASE("exec: option table parses values, applies defaults and reports errors
     CHECK(cfg.max_line_bytes == 4096);
     CHECK(cfg.on_long_line == "truncate");
     CHECK_FALSE(cfg.restart);
-    CHECK(cfg.restart_throttle == Millis(0));
+    CHECK(cfg.restart_throttle == Millis(1000));
     CHECK_FALSE(cfg.log_stderr);
   }
   {
     Diagnostics diag;
     ConfigReader reader(diag, no_env);
     type->parse(YAML::Load("{batch_size: 0, on_long_line: trunc, max_line_bytes: 65MiB, "
-                           "batch_timeout: 0}"),
+                           "batch_timeout: 0, restart_throttle: 0s}"),
                 reader, "sources.e");
     std::string text = diag.format();
-    CHECK(diag.all().size() == 5);
+    CHECK(diag.all().size() == 6);
+    CHECK(text.find("sources.e.restart_throttle") != std::string::npos);
     CHECK(text.find("missing required key 'command'") != std::string::npos);
     CHECK(text.find("sources.e.batch_size") != std::string::npos);
     INFO(text);

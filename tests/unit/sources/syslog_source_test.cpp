@@ -449,8 +449,14 @@ Certs makeCerts() {
 }
 
 // A blocking TLS client on its own thread; returns whether the handshake succeeded.
-bool tlsSend(int port, const Certs& certs, bool with_client_cert, const std::string& data) {
+// `tls12_ciphers`, when given, makes it a TLS 1.2 client offering only those suites.
+bool tlsSend(int port, const Certs& certs, bool with_client_cert, const std::string& data,
+             const char* tls12_ciphers = nullptr) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  if (tls12_ciphers != nullptr) {
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_cipher_list(ctx, tls12_ciphers);
+  }
   SSL_CTX_load_verify_locations(ctx, certs.ca.c_str(), nullptr);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
   if (with_client_cert) {
@@ -516,6 +522,25 @@ TEST_CASE("syslog source: TLS with client certificates; handshake failures are c
   CHECK(loop.runUntil([&] { return ctx.count("TlsHandshakeFailureCount") == 2; }));
   close(fd);
   CHECK(ctx.events.size() == 1);
+
+  // TLS 1.2: an AEAD suite is accepted, a CBC suite is not offered by default.
+  std::atomic<bool> aead_ok{false}, cbc_ok{true}, aead_done{false}, cbc_done{false};
+  std::thread aead([&] {
+    aead_ok = tlsSend(port, certs, true, "<13>1 - h a - - - aead\n", "ECDHE-RSA-AES128-GCM-SHA256");
+    aead_done = true;
+  });
+  REQUIRE(loop.runUntil([&] { return ctx.events.size() == 2 && aead_done.load(); }));
+  aead.join();
+  CHECK(aead_ok.load());
+  std::thread cbc([&] {
+    cbc_ok = tlsSend(port, certs, true, "<13>cbc\n", "ECDHE-RSA-AES128-SHA:AES128-SHA");
+    cbc_done = true;
+  });
+  CHECK(loop.runUntil([&] { return ctx.count("TlsHandshakeFailureCount") == 3; }));
+  REQUIRE(loop.runUntil([&] { return cbc_done.load(); }));
+  cbc.join();
+  CHECK_FALSE(cbc_ok.load());
+  CHECK(ctx.events.size() == 2);
   CHECK(stopAndWait(loop, *src) == 1);
   std::filesystem::remove_all(certs.dir);
 }
