@@ -432,14 +432,62 @@ TEST_CASE("syslog: deviation names and metric names") {
 }
 
 TEST_CASE("syslog: the parser never fails to produce an event (property)") {
-  rc::check([](const std::string& s) {
+  CHECK(rc::check([](const std::string& s) {
     Batch b;
     addSyslogEvent(b, s, false, kNow, {});
     RC_ASSERT(b.size() == 1u);
     auto fmt = b[0].header("syslog.format");
     RC_ASSERT(fmt.has_value());
     if (*fmt == "invalid") RC_ASSERT(b[0].body() == std::string_view(s));
-  });
+  }));
+}
+
+TEST_CASE("syslog: strict refuses exactly the RFC deviations lenient accepts (every combination)") {
+  // RFC 5424-shaped messages, each part conforming or deviating, and some noise: every
+  // combination of the parts (483,840 messages).
+  const std::vector<std::vector<std::string>> kParts = {
+      {"<13>", "<165>", "", "<x>"},
+      {"1 ", "2 ", "12 "},
+      {"2026-01-02", "0522-01-02", "2026-02-30", "- "},
+      {"T", "t"},
+      {"03:04:05", "03:04:60", "3:04:05"},
+      {"", ".123", ".123456", ".1234567", ".1234567890123"},
+      {"Z ", "z ", "+01:00 ", " "},
+      {"h a p m ", "- - - - ", "h a p"},
+      {"-", "[x k=\"v\"]", "[x k=\"a]b\"]", "[x k=\"a\\]b\"]", "[x][x]", "[x k=\"1\" k=\"2\"]",
+       "[y"},
+      {"", " msg", " \xEF\xBB\xBFmsg", "x"}};
+  std::vector<size_t> pick(kParts.size(), 0);
+  size_t combinations = 0, deviating = 0;
+  for (bool more = true; more; ++combinations) {
+    std::string raw;
+    for (size_t i = 0; i < kParts.size(); ++i) raw += kParts[i][pick[i]];
+    // The next combination.
+    more = false;
+    for (size_t i = 0; i < kParts.size() && !more; ++i) {
+      more = ++pick[i] < kParts[i].size();
+      if (!more) pick[i] = 0;
+    }
+    SyslogMessage lenient = parseSyslog(raw, kNow);
+    SyslogMessage strict = parseSyslog(raw, kNow, {}, true);
+    const SyslogDeviations refused =
+        lenient.deviations & ~syslogDeviationBit(SyslogDeviation::TimestampRange);
+    if (lenient.failure == SyslogFailure::None && refused != 0u) ++deviating;
+    CAPTURE(raw);
+    if (strict.failure == SyslogFailure::None) {
+      REQUIRE(lenient.failure == SyslogFailure::None);
+      REQUIRE(lenient.deviations == strict.deviations);
+      REQUIRE(refused == 0u);
+    } else if (lenient.failure == SyslogFailure::None) {
+      REQUIRE(refused != 0u);
+      REQUIRE((strict.deviations & refused) != 0u);  // the reason is on the event
+    }
+    if (lenient.failure == SyslogFailure::None && refused == 0u) {
+      REQUIRE(strict.failure == SyslogFailure::None);
+    }
+  }
+  CHECK(combinations == 483840u);
+  CHECK(deviating > 10000u);
 }
 
 // ---- framing ----
@@ -504,7 +552,7 @@ TEST_CASE("syslog framing: oversized frames are cut and the rest skipped") {
 }
 
 TEST_CASE("syslog framing: any chunking gives the frames of the whole stream (property)") {
-  rc::check([](const std::vector<std::string>& msgs, const std::vector<size_t>& cuts) {
+  CHECK(rc::check([](const std::vector<std::string>& msgs, const std::vector<size_t>& cuts) {
     std::string stream;
     Strings expected;
     for (size_t i = 0; i < msgs.size(); ++i) {
@@ -530,7 +578,7 @@ TEST_CASE("syslog framing: any chunking gives the frames of the whole stream (pr
     }
     chunks.push_back(stream.substr(pos));
     RC_ASSERT(frame(chunks, 1 << 20) == expected);
-  });
+  }));
 }
 
 }  // namespace
