@@ -193,14 +193,15 @@ void addSd(std::vector<SyslogSdParam>& sd, size_t element_start, std::string_vie
 bool structuredData(Cursor& c, std::vector<SyslogSdParam>& sd, SyslogDeviations& deviations) {
   if (c.eat('-')) return true;
   if (c.peek() != '[') return false;
-  std::vector<std::string_view> ids;  // of the elements so far
   while (c.eat('[')) {
     std::string_view id;
     if (!sdName(c, id)) return false;
+    // Every element adds at least one entry, in order: the last with this SD-ID has its number.
     int id_occurrence = 1;
-    for (std::string_view seen : ids) id_occurrence += seen == id ? 1 : 0;
+    for (const auto& p : sd) {
+      if (p.id == id) id_occurrence = p.id_occurrence + 1;
+    }
     if (id_occurrence > 1) deviations |= bit(SyslogDeviation::SdRepeatedId);
-    ids.push_back(id);
     size_t element_start = sd.size();
     bool any_param = false;
     while (c.eat(' ')) {
