@@ -1,7 +1,9 @@
 #include "sources/syslog/syslog_parser.h"
 
 #include <array>
+#include <cstdint>
 #include <cstring>
+#include <string>
 
 namespace sluice {
 
@@ -54,12 +56,17 @@ unsigned daysInMonth(int64_t y, unsigned m) {
   return m == 2 && leap ? 29 : kDays[m - 1];
 }
 
+// A valid date and time in any year.
 bool validDateTime(int64_t y, int mo, int d, int h, int mi, int s) {
-  // Years an int64 of nanoseconds since 1970 can hold.
-  return y >= 1678 && y <= 2261 && mo >= 1 && mo <= 12 && d >= 1 &&
+  return mo >= 1 && mo <= 12 && d >= 1 &&
          static_cast<unsigned>(d) <= daysInMonth(y, static_cast<unsigned>(mo)) && h >= 0 &&
          h <= 23 && mi >= 0 && mi <= 59 && s >= 0 && s <= 60;
 }
+
+// Years an int64 of nanoseconds since 1970 can hold (with any offset).
+bool representableYear(int64_t y) { return y >= 1678 && y <= 2261; }
+
+constexpr SyslogDeviations bit(SyslogDeviation d) { return syslogDeviationBit(d); }
 
 // Seconds since 1970 of a civil date and time read as UTC.
 int64_t civilSeconds(int64_t y, int mo, int d, int h, int mi, int s) {
@@ -79,15 +86,16 @@ int64_t zonedNs(int64_t y, int mo, int d, int h, int mi, int s, int64_t frac_ns,
   return zone.toUtc(civilSeconds(y, mo, d, h, mi, s), now_ns / kNsPerSec) * kNsPerSec + frac_ns;
 }
 
-// Reads ".ddd" (1 to 9 digits) into nanoseconds; nothing when there is no '.'.
-bool fraction(Cursor& c, int64_t& ns, size_t max_digits) {
+// Reads ".ddd" (1 to max_digits digits) into nanoseconds, digits past the ninth dropped, and
+// their number into `digits`; nothing when there is no '.'.
+bool fraction(Cursor& c, int64_t& ns, size_t max_digits, size_t& digits) {
   ns = 0;
+  digits = 0;
   if (c.peek() != '.' || !isDigit(c.peek(1))) return c.peek() != '.';
   ++c.pos;
-  size_t n = 0;
   int64_t scale = 100000000;
   while (isDigit(c.peek())) {
-    if (++n > max_digits) return false;
+    if (++digits > max_digits) return false;
     ns += (c.peek() - '0') * scale;
     scale /= 10;
     ++c.pos;
@@ -96,8 +104,10 @@ bool fraction(Cursor& c, int64_t& ns, size_t max_digits) {
 }
 
 // "Z" or "+hh:mm" / "-hh:mm".
-bool zoneOffset(Cursor& c, int& offset_s) {
-  if (c.eat('Z') || c.eat('z')) {
+bool zoneOffset(Cursor& c, int& offset_s, bool& lowercase) {
+  if (c.peek() == 'Z' || c.peek() == 'z') {
+    lowercase = lowercase || c.peek() == 'z';
+    ++c.pos;
     offset_s = 0;
     return true;
   }
@@ -110,23 +120,37 @@ bool zoneOffset(Cursor& c, int& offset_s) {
   return true;
 }
 
-// RFC 3339 full date-time as RFC 5424 restricts it (fraction up to 6 digits; we take 9). With
-// `local_zone` the offset may be missing and the time is read in that zone.
-bool isoTimestamp(Cursor& c, int64_t& ns, const SyslogTimeZone* local_zone, int64_t now_ns) {
+// RFC 3339 full date-time. What RFC 5424 forbids in it is accepted and reported in
+// `deviations`: a lowercase 't'/'z', second 60, a fraction longer than 6 digits (up to
+// max_fraction; nanoseconds kept). A year that cannot be held in int64 nanoseconds is
+// TimestampRange with ns = 0. With `local_zone` the offset may be missing and the time is read
+// in that zone.
+bool isoTimestamp(Cursor& c, int64_t& ns, const SyslogTimeZone* local_zone, int64_t now_ns,
+                  size_t max_fraction, SyslogDeviations& deviations) {
   int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0;
   if (!c.digits(4, y) || !c.eat('-') || !c.digits(2, mo) || !c.eat('-') || !c.digits(2, d)) {
     return false;
   }
+  bool lowercase = c.peek() == 't';
   if (!(c.eat('T') || c.eat('t'))) return false;
   if (!c.digits(2, h) || !c.eat(':') || !c.digits(2, mi) || !c.eat(':') || !c.digits(2, s)) {
     return false;
   }
   int64_t frac = 0;
-  if (!fraction(c, frac, 9)) return false;
+  size_t frac_digits = 0;
+  if (!fraction(c, frac, max_fraction, frac_digits)) return false;
   int offset = 0;
-  bool has_offset = zoneOffset(c, offset);
+  bool has_offset = zoneOffset(c, offset, lowercase);
   if (!has_offset && local_zone == nullptr) return false;
   if (!validDateTime(y, mo, d, h, mi, s)) return false;
+  if (lowercase) deviations |= bit(SyslogDeviation::TimestampCase);
+  if (s == 60) deviations |= bit(SyslogDeviation::LeapSecond);
+  if (frac_digits > 6) deviations |= bit(SyslogDeviation::FractionDigits);
+  if (!representableYear(y)) {
+    deviations |= bit(SyslogDeviation::TimestampRange);
+    ns = 0;
+    return true;
+  }
   ns = has_offset ? toNs(y, mo, d, h, mi, s, frac, offset)
                   : zonedNs(y, mo, d, h, mi, s, frac, *local_zone, now_ns);
   return true;
@@ -156,24 +180,29 @@ bool sdName(Cursor& c, std::string_view& out) {
   return true;
 }
 
-void addSd(std::vector<SyslogSdParam>& sd, std::string_view id, std::string_view name,
-           std::string value) {
-  for (auto& p : sd) {
-    if (p.id == id && p.name == name) {
-      p.value += ',';
-      p.value += value;
-      return;
-    }
+// Adds a param of the element that starts at sd[element_start], numbering a name repeated in it.
+void addSd(std::vector<SyslogSdParam>& sd, size_t element_start, std::string_view id,
+           int id_occurrence, std::string_view name, std::string value) {
+  int name_occurrence = 1;
+  for (size_t i = element_start; i < sd.size(); ++i) {
+    if (sd[i].name == name) ++name_occurrence;
   }
-  sd.push_back({id, name, std::move(value)});
+  sd.push_back({id, name, std::move(value), id_occurrence, name_occurrence});
 }
 
-bool structuredData(Cursor& c, std::vector<SyslogSdParam>& sd) {
+bool structuredData(Cursor& c, std::vector<SyslogSdParam>& sd, SyslogDeviations& deviations) {
   if (c.eat('-')) return true;
   if (c.peek() != '[') return false;
   while (c.eat('[')) {
     std::string_view id;
     if (!sdName(c, id)) return false;
+    // Every element adds at least one entry, in order: the last with this SD-ID has its number.
+    int id_occurrence = 1;
+    for (const auto& p : sd) {
+      if (p.id == id) id_occurrence = p.id_occurrence + 1;
+    }
+    if (id_occurrence > 1) deviations |= bit(SyslogDeviation::SdRepeatedId);
+    size_t element_start = sd.size();
     bool any_param = false;
     while (c.eat(' ')) {
       std::string_view name;
@@ -195,14 +224,15 @@ bool structuredData(Cursor& c, std::vector<SyslogSdParam>& sd) {
             continue;
           }
         }
+        if (ch == ']') deviations |= bit(SyslogDeviation::SdBracket);
         value += ch;
       }
       if (!closed) return false;
-      addSd(sd, id, name, std::move(value));
+      addSd(sd, element_start, id, id_occurrence, name, std::move(value));
       any_param = true;
     }
     if (!c.eat(']')) return false;
-    if (!any_param) addSd(sd, id, {}, {});
+    if (!any_param) addSd(sd, element_start, id, id_occurrence, {}, {});
   }
   return true;
 }
@@ -213,7 +243,7 @@ void parse5424(Cursor& c, SyslogMessage& m) {
   size_t ts_start = c.pos;
   if (c.eat('-')) {
     m.timestamp_ns = 0;
-  } else if (!isoTimestamp(c, m.timestamp_ns, nullptr, 0)) {
+  } else if (!isoTimestamp(c, m.timestamp_ns, nullptr, 0, SIZE_MAX, m.deviations)) {
     m.failure = SyslogFailure::Timestamp;
     return;
   } else {
@@ -234,7 +264,7 @@ void parse5424(Cursor& c, SyslogMessage& m) {
     m.failure = SyslogFailure::Header;
     return;
   }
-  if (!structuredData(c, m.sd)) {
+  if (!structuredData(c, m.sd, m.deviations)) {
     m.failure = SyslogFailure::StructuredData;
     m.sd.clear();
     return;
@@ -280,7 +310,8 @@ int64_t inferYear(int mo, int d, int h, int mi, int s, int64_t now_ns, const Sys
 
 // "Mmm dd hh:mm:ss[.frac][ yyyy][ ZONE][:]" with dd space- or zero-padded; Cisco may also put
 // the year before the time ("Mar  1 2024 18:48:50"). Read in `zone` unless ZONE is UTC or GMT.
-bool bsdTimestamp(Cursor& c, int64_t& ns, int64_t now_ns, const SyslogTimeZone& zone) {
+bool bsdTimestamp(Cursor& c, int64_t& ns, int64_t now_ns, const SyslogTimeZone& zone,
+                  SyslogDeviations& deviations) {
   Cursor t = c;
   int mo = monthIndex(t.rest());
   if (mo == 0) return false;
@@ -304,7 +335,8 @@ bool bsdTimestamp(Cursor& c, int64_t& ns, int64_t now_ns, const SyslogTimeZone& 
     return false;
   }
   int64_t frac = 0;
-  if (!fraction(t, frac, 9)) return false;
+  size_t frac_digits = 0;
+  if (!fraction(t, frac, 9, frac_digits)) return false;
   if (year == 0 && t.peek() == ' ' && isDigit(t.peek(1)) && isDigit(t.peek(2)) &&
       isDigit(t.peek(3)) && isDigit(t.peek(4)) && (t.peek(5) == ' ' || t.peek(5) == ':')) {
     ++t.pos;
@@ -329,8 +361,13 @@ bool bsdTimestamp(Cursor& c, int64_t& ns, int64_t now_ns, const SyslogTimeZone& 
   const SyslogTimeZone& in = utc ? kUtc : zone;
   if (year == 0) year = static_cast<int>(inferYear(mo, d, h, mi, s > 59 ? 59 : s, now_ns, in));
   if (!validDateTime(year, mo, d, h, mi, s)) return false;
-  ns = zonedNs(year, mo, d, h, mi, s, frac, in, now_ns);
   c = t;
+  if (!representableYear(year)) {  // a year that was sent ("Jan 15 1024 10:00:00")
+    deviations |= bit(SyslogDeviation::TimestampRange);
+    ns = 0;
+    return true;
+  }
+  ns = zonedNs(year, mo, d, h, mi, s, frac, in, now_ns);
   return true;
 }
 
@@ -390,15 +427,18 @@ void parse3164(Cursor& c, SyslogMessage& m, int64_t now_ns, const SyslogTimeZone
   if (marked) ++c.pos;
   bool have_ts = false;
   bool ts_colon = false;
+  // RFC 5424's rules for the ISO timestamp do not apply here: only an unusable year is reported.
+  SyslogDeviations ts_deviations = 0;
   if (isDigit(c.peek())) {
     Cursor t = c;
-    if (isoTimestamp(t, m.timestamp_ns, &zone, now_ns)) {
+    if (isoTimestamp(t, m.timestamp_ns, &zone, now_ns, 9, ts_deviations)) {
       c = t;
       have_ts = true;
     }
-  } else if (bsdTimestamp(c, m.timestamp_ns, now_ns, zone)) {
+  } else if (bsdTimestamp(c, m.timestamp_ns, now_ns, zone, ts_deviations)) {
     have_ts = true;
   }
+  m.deviations |= ts_deviations & bit(SyslogDeviation::TimestampRange);
   if (!have_ts) {
     c.pos = ts_start;
     m.timestamp_ns = 0;
@@ -475,8 +515,63 @@ void syslogCivilFromDays(int64_t days, int64_t& y, unsigned& m, unsigned& d) {
   y = yoe + era * 400 + (m <= 2 ? 1 : 0);
 }
 
-SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns,
-                          const SyslogTimeZone& rfc3164_zone) {
+const char* syslogDeviationName(SyslogDeviation d) {
+  switch (d) {
+    case SyslogDeviation::PriMissing:
+      return "pri_missing";
+    case SyslogDeviation::Version:
+      return "version";
+    case SyslogDeviation::TimestampCase:
+      return "timestamp_case";
+    case SyslogDeviation::LeapSecond:
+      return "leap_second";
+    case SyslogDeviation::FractionDigits:
+      return "fraction_digits";
+    case SyslogDeviation::TimestampRange:
+      return "timestamp_range";
+    case SyslogDeviation::SdBracket:
+      return "sd_bracket";
+    case SyslogDeviation::SdRepeatedId:
+      return "sd_repeated_id";
+  }
+  return "unknown";
+}
+
+std::string syslogDeviationMetricName(SyslogDeviation d) {
+  std::string camel = "Deviation";
+  bool upper = true;
+  for (const char* p = syslogDeviationName(d); *p != '\0'; ++p) {
+    if (*p == '_') {
+      upper = true;
+      continue;
+    }
+    camel += upper ? static_cast<char>(*p - 'a' + 'A') : *p;
+    upper = false;
+  }
+  return camel + "Count";
+}
+
+SyslogFailure syslogDeviationFailure(SyslogDeviation d) {
+  switch (d) {
+    case SyslogDeviation::PriMissing:
+      return SyslogFailure::Pri;
+    case SyslogDeviation::Version:
+      return SyslogFailure::Header;
+    case SyslogDeviation::TimestampCase:
+    case SyslogDeviation::LeapSecond:
+    case SyslogDeviation::FractionDigits:
+      return SyslogFailure::Timestamp;
+    case SyslogDeviation::TimestampRange:
+      return SyslogFailure::None;
+    case SyslogDeviation::SdBracket:
+    case SyslogDeviation::SdRepeatedId:
+      return SyslogFailure::StructuredData;
+  }
+  return SyslogFailure::None;
+}
+
+SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns, const SyslogTimeZone& rfc3164_zone,
+                          bool strict) {
   SyslogMessage m;
   Cursor c{raw};
   // Leading whitespace (a stray LF between frames) is not part of the message.
@@ -488,11 +583,21 @@ SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns,
     m.failure = SyslogFailure::Empty;
     return m;
   }
-  // PRI: "<" 1*3DIGIT ">", 0..191.
-  if (!c.eat('<')) {
-    m.failure = SyslogFailure::Pri;
+  // No PRI at all: RFC 3164 4.3.3 has a relay give it PRI 13 (user.notice) and keep the whole
+  // message as its content.
+  if (c.peek() != '<') {
+    m.deviations |= bit(SyslogDeviation::PriMissing);
+    if (strict) {
+      m.failure = SyslogFailure::Pri;
+      return m;
+    }
+    m.facility = 1;
+    m.severity = 5;
+    parse3164(c, m, now_ns, rfc3164_zone);
     return m;
   }
+  // PRI: "<" 1*3DIGIT ">", 0..191.
+  c.eat('<');
   int pri = 0;
   size_t n = 0;
   while (isDigit(c.peek()) && n < 3) {
@@ -513,17 +618,30 @@ SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns,
     int v = 0;
     for (size_t i = c.pos; i < p; ++i) v = v * 10 + (raw[i] - '0');
     m.version = v;
+    // Only VERSION 1 exists; a later one is read as 1 (its header shows what was sent).
+    if (v != 1) m.deviations |= bit(SyslogDeviation::Version);
     c.pos = p + 1;
     parse5424(c, m);
   } else {
     parse3164(c, m, now_ns, rfc3164_zone);
   }
+  if (strict && m.failure == SyslogFailure::None) {
+    // The first deviation in the message that strict mode refuses gives the failure kind.
+    for (int k = 0; k < kSyslogDeviationKinds; ++k) {
+      auto d = static_cast<SyslogDeviation>(k);
+      if ((m.deviations & bit(d)) != 0 && syslogDeviationFailure(d) != SyslogFailure::None) {
+        m.failure = syslogDeviationFailure(d);
+        break;
+      }
+    }
+  }
   if (m.failure != SyslogFailure::None) {
-    // Keep only what is certain: PRI.
+    // Keep only what is certain: PRI, and the deviations (in strict mode, the reason).
     SyslogMessage bad;
     bad.failure = m.failure;
     bad.facility = m.facility;
     bad.severity = m.severity;
+    bad.deviations = m.deviations;
     return bad;
   }
   return m;
@@ -532,7 +650,9 @@ SyslogMessage parseSyslog(std::string_view raw, int64_t now_ns,
 SyslogFailure addSyslogEvent(Batch& batch, std::string_view raw, bool incomplete,
                              int64_t receive_ns, const SyslogEventOptions& options) {
   SyslogMessage m =
-      parseSyslog(raw, receive_ns, options.rfc3164_zone ? *options.rfc3164_zone : SyslogTimeZone());
+      parseSyslog(raw, receive_ns, options.rfc3164_zone ? *options.rfc3164_zone : SyslogTimeZone(),
+                  options.strict);
+  if (options.deviations != nullptr) *options.deviations = m.deviations;
   bool ok = m.failure == SyslogFailure::None;
   uint32_t e =
       batch.add(ok ? m.body : raw, ok && m.timestamp_ns != 0 ? m.timestamp_ns : receive_ns);
@@ -564,14 +684,26 @@ SyslogFailure addSyslogEvent(Batch& batch, std::string_view raw, bool incomplete
     for (const auto& p : m.sd) {
       key.assign("sd.");
       key.append(p.id);
+      if (p.id_occurrence > 1) key.append("#").append(std::to_string(p.id_occurrence));
       if (!p.name.empty()) {
         key += '.';
         key.append(p.name);
+        if (p.name_occurrence > 1) key.append("#").append(std::to_string(p.name_occurrence));
       }
       batch.setHeader(e, key, p.value);
     }
   }
   if (!ok) batch.setHeader(e, "syslog.invalid", syslogFailureName(m.failure));
+  if (m.deviations != 0) {
+    std::string names;
+    for (int k = 0; k < kSyslogDeviationKinds; ++k) {
+      auto d = static_cast<SyslogDeviation>(k);
+      if ((m.deviations & bit(d)) == 0) continue;
+      if (!names.empty()) names += ',';
+      names += syslogDeviationName(d);
+    }
+    batch.setHeader(e, "syslog.deviation", names);
+  }
   if (incomplete) batch.setHeader(e, "syslog.incomplete", "true");
   if (!options.client_ip.empty()) {
     batch.setHeader(e, "client.ip", options.client_ip);

@@ -19,6 +19,8 @@ seed 3164 '\x03<34>Oct 11 22:14:15 mymachine su: '"'"'su root'"'"' failed\n<13>F
 seed cisco '\x40<189>52: *Mar  1 18:48:50.483 UTC: %SYS-5-CONFIG_I: Configured\n'
 seed octet '\x07''27 <13>1 - - - - - - octet one12 <13>iso text\n'
 seed iso '\x11<13>2026-11-25T10:20:30.123456+01:00 host1 app[9]: iso\0<13>x\r\n'
+seed deviations '\x05<13>2 2026-01-02t23:59:60.1234567z h a p m [x k="a]b"][x k="1" k="2"][x] m\n<13>1 0522-11-25T10:20:30Z h a p m - y\n'
+seed nopri '\x09Nov 24 08:00:01 web1 sshd[42]: no pri\nplain text\n'
 "$out/syslog_fuzz" -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 \
   -artifact_prefix="$out/" \
   "$out/syslog_corpus"

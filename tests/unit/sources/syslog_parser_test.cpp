@@ -6,6 +6,7 @@
 #include <rapidcheck.h>
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -97,7 +98,10 @@ TEST_CASE("syslog 5424: escapes, repeated params, empty element, nil everything"
       "<13>1 - - - - - [a@1 v=\"q\\\"b\\\\s\\]e\\n\" ip=\"1.1.1.1\" ip=\"2.2.2.2\"][origin] x");
   CHECK(e.body == "x");
   CHECK(e.headers["sd.a@1.v"] == "q\"b\\s]e\\n");  // \n is not an escape: kept as is
-  CHECK(e.headers["sd.a@1.ip"] == "1.1.1.1,2.2.2.2");
+  // A repeated PARAM (RFC 5424 allows it) gets its own name: a value may hold ','.
+  CHECK(e.headers["sd.a@1.ip"] == "1.1.1.1");
+  CHECK(e.headers["sd.a@1.ip#2"] == "2.2.2.2");
+  CHECK(e.headers.count("syslog.deviation") == 0);
   CHECK(e.headers.count("sd.origin") == 1);
   CHECK(e.headers["sd.origin"] == "");
   CHECK(e.headers.count("host") == 0);
@@ -118,7 +122,6 @@ TEST_CASE("syslog 5424: malformed messages are kept whole and marked") {
     std::string raw, kind;
   };
   std::vector<Case> cases = {
-      {"no pri at all", "pri"},
       {"<192>1 - - - - - - x", "pri"},
       {"<12", "pri"},
       {"<abc>hello", "pri"},
@@ -126,8 +129,7 @@ TEST_CASE("syslog 5424: malformed messages are kept whole and marked") {
       {"<13>1 2003-13-11T22:14:15Z h a p m - x", "timestamp"},
       {"<13>1 2003-02-30T22:14:15Z h a p m - x", "timestamp"},
       {"<13>1 2003-10-11 22:14:15Z h a p m - x", "timestamp"},
-      {"<13>1 2003-10-11T22:14:15 h a p m - x", "timestamp"},   // zone is mandatory
-      {"<13>1 0522-11-25T10:20:30Z h a p m - x", "timestamp"},  // beyond int64 nanoseconds
+      {"<13>1 2003-10-11T22:14:15 h a p m - x", "timestamp"},  // zone is mandatory
       {"<13>1 - h a p", "header"},
       {"<13>1 - h " + std::string(49, 'a') + " p m - x", "header"},
       {"<13>1 - h a p " + std::string(33, 'm') + " - x", "header"},
@@ -279,15 +281,213 @@ TEST_CASE("syslog: facility and severity names cover every value") {
   CHECK(f.headers["syslog.severity"] == "7");
 }
 
+TEST_CASE("syslog 5424: a year int64 nanoseconds cannot hold keeps every header") {
+  for (std::string year : {"0522", "1677", "2262", "9999"}) {
+    std::string ts = year + "-11-25T10:20:30Z";
+    auto e = event("<13>1 " + ts + " h a p m [x k=\"v\"] msg");
+    CAPTURE(ts);
+    CHECK(e.headers["syslog.format"] == "rfc5424");
+    CHECK(e.headers.count("syslog.invalid") == 0);
+    CHECK(e.headers["timestamp"] == ts);
+    CHECK(e.headers["syslog.deviation"] == "timestamp_range");
+    CHECK(e.headers["host"] == "h");
+    CHECK(e.headers["app"] == "a");
+    CHECK(e.headers["procid"] == "p");
+    CHECK(e.headers["msgid"] == "m");
+    CHECK(e.headers["sd.x.k"] == "v");
+    CHECK(e.body == "msg");
+    CHECK(e.ts == kNow);  // the receive time
+  }
+  // The edges of the range are used.
+  CHECK(event("<13>1 1678-01-01T00:00:00Z h a p m - x").ts == utc(1678, 1, 1, 0, 0, 0));
+  CHECK(event("<13>1 2261-12-31T23:59:59Z h a p m - x").ts == utc(2261, 12, 31, 23, 59, 59));
+  // Not refused in strict mode: RFC 5424 allows any year.
+  SyslogMessage m = parseSyslog("<13>1 9999-01-01T00:00:00Z h a p m - x", kNow, {}, true);
+  CHECK(m.failure == SyslogFailure::None);
+  CHECK(m.deviations == syslogDeviationBit(SyslogDeviation::TimestampRange));
+  // RFC 3164 with a year that was sent: the timestamp is kept, the event time is the receive time.
+  auto f = event("<13>Jan 15 1024 10:00:00: %LINK-3-UPDOWN: down");
+  CHECK(f.headers["timestamp"] == "Jan 15 1024 10:00:00");
+  CHECK(f.headers["syslog.deviation"] == "timestamp_range");
+  CHECK(f.headers["app"] == "%LINK-3-UPDOWN");
+  CHECK(f.ts == kNow);
+  auto g = event("<13>3026-11-25T10:20:30Z host1 app: iso");
+  CHECK(g.headers["host"] == "host1");
+  CHECK(g.headers["syslog.deviation"] == "timestamp_range");
+  CHECK(g.ts == kNow);
+}
+
+TEST_CASE("syslog 5424: what the RFC forbids is kept and marked, or refused in strict mode") {
+  struct Case {
+    std::string raw, deviation, strict_failure;
+    int64_t ts;  // lenient event time
+  };
+  const int64_t t = utc(2026, 1, 2, 3, 4, 5);
+  std::vector<Case> cases = {
+      {"<13>1 2026-01-02T03:04:60Z h a p m - x", "leap_second", "timestamp",
+       utc(2026, 1, 2, 3, 4, 59)},
+      {"<13>1 2026-01-02T03:04:05.1234567Z h a p m - x", "fraction_digits", "timestamp",
+       t + 123456700},
+      {"<13>1 2026-01-02T03:04:05.123456789123Z h a p m - x", "fraction_digits", "timestamp",
+       t + 123456789},
+      {"<13>1 2026-01-02t03:04:05Z h a p m - x", "timestamp_case", "timestamp", t},
+      {"<13>1 2026-01-02T03:04:05z h a p m - x", "timestamp_case", "timestamp", t},
+      {"<13>2 2026-01-02T03:04:05Z h a p m - x", "version", "header", t},
+      {"<13>1 2026-01-02T03:04:05Z h a p m [x k=\"a]b\"] x", "sd_bracket", "structured_data", t},
+      {"<13>1 2026-01-02T03:04:05Z h a p m [x k=\"1\"][x k=\"2\"] x", "sd_repeated_id",
+       "structured_data", t},
+      {"<13>1 2026-01-02t03:04:60.1234567z h a p m - x",
+       "timestamp_case,leap_second,fraction_digits", "timestamp",
+       utc(2026, 1, 2, 3, 4, 59, 123456700)},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.raw);
+    auto e = event(c.raw);
+    CHECK(e.headers["syslog.format"] == "rfc5424");
+    CHECK(e.headers.count("syslog.invalid") == 0);
+    CHECK(e.headers["syslog.deviation"] == c.deviation);
+    CHECK(e.headers["host"] == "h");
+    CHECK(e.body == "x");
+    CHECK(e.ts == c.ts);
+
+    SyslogEventOptions strict;
+    strict.strict = true;
+    SyslogDeviations deviations = 0;
+    strict.deviations = &deviations;
+    auto s = event(c.raw, kNow, false, strict);
+    CHECK(s.headers["syslog.format"] == "invalid");
+    CHECK(s.headers["syslog.invalid"] == c.strict_failure);
+    CHECK(s.headers["syslog.deviation"] == c.deviation);  // the reason
+    CHECK(s.headers.count("host") == 0);
+    CHECK(s.body == c.raw);
+    CHECK(s.ts == kNow);
+    CHECK(deviations != 0);
+  }
+  // VERSION shows what was sent.
+  CHECK(event("<13>2 - h a p m - x").headers["syslog.version"] == "2");
+  // A conforming message has no deviation, also in strict mode.
+  SyslogEventOptions strict;
+  strict.strict = true;
+  SyslogDeviations deviations = 1;
+  strict.deviations = &deviations;
+  auto ok = event("<13>1 2026-01-02T03:04:05.123456Z h a p m [x k=\"a\\]b\"][y k=\"c\"] x", kNow,
+                  false, strict);
+  CHECK(ok.headers.count("syslog.deviation") == 0);
+  CHECK(ok.headers.count("syslog.invalid") == 0);
+  CHECK(ok.headers["sd.x.k"] == "a]b");
+  CHECK(deviations == 0);
+}
+
+TEST_CASE("syslog 5424: a repeated SD-ID gets its own header names") {
+  auto e = event(
+      "<13>1 - h a p m [x k=\"1,2\"][y q=\"\"][x k=\"3\" k=\"4\" j=\"5\"][x][x k=\"6\"] body");
+  CHECK(e.headers["sd.x.k"] == "1,2");
+  CHECK(e.headers["sd.y.q"] == "");
+  CHECK(e.headers["sd.x#2.k"] == "3");
+  CHECK(e.headers["sd.x#2.k#2"] == "4");
+  CHECK(e.headers["sd.x#2.j"] == "5");
+  CHECK(e.headers.count("sd.x#3") == 1);
+  CHECK(e.headers["sd.x#4.k"] == "6");
+  CHECK(e.headers["syslog.deviation"] == "sd_repeated_id");
+  CHECK(e.body == "body");
+}
+
+TEST_CASE("syslog 3164: a message without PRI is user.notice (13), as RFC 3164 says") {
+  auto e = event("Nov 24 08:00:01 web1 sshd[4242]: Accepted publickey");
+  CHECK(e.headers["syslog.format"] == "rfc3164");
+  CHECK(e.headers["syslog.facility"] == "1");
+  CHECK(e.headers["syslog.facility_name"] == "user");
+  CHECK(e.headers["syslog.severity"] == "5");
+  CHECK(e.headers["syslog.severity_name"] == "notice");
+  CHECK(e.headers["syslog.deviation"] == "pri_missing");
+  CHECK(e.headers["host"] == "web1");
+  CHECK(e.headers["app"] == "sshd");
+  CHECK(e.body == "Accepted publickey");
+  CHECK(e.ts == utc(2026, 11, 24, 8, 0, 1));
+  auto f = event("no pri at all");
+  CHECK(f.headers["syslog.format"] == "rfc3164");
+  CHECK(f.headers["syslog.facility"] == "1");
+  CHECK(f.body == "no pri at all");
+  // A PRI that is there but broken is still invalid.
+  CHECK(event("<abc>hello").headers["syslog.invalid"] == "pri");
+  // Strict mode refuses a message without PRI.
+  SyslogEventOptions strict;
+  strict.strict = true;
+  auto s = event("no pri at all", kNow, false, strict);
+  CHECK(s.headers["syslog.invalid"] == "pri");
+  CHECK(s.headers["syslog.deviation"] == "pri_missing");
+  CHECK(s.headers.count("syslog.facility") == 0);
+  CHECK(s.body == "no pri at all");
+}
+
+TEST_CASE("syslog: deviation names and metric names") {
+  CHECK(syslogDeviationMetricName(SyslogDeviation::LeapSecond) == "DeviationLeapSecondCount");
+  CHECK(syslogDeviationMetricName(SyslogDeviation::SdRepeatedId) == "DeviationSdRepeatedIdCount");
+  std::set<std::string> names;
+  for (int k = 0; k < kSyslogDeviationKinds; ++k) {
+    names.insert(syslogDeviationName(static_cast<SyslogDeviation>(k)));
+  }
+  CHECK(names.size() == static_cast<size_t>(kSyslogDeviationKinds));
+  CHECK(names.count("unknown") == 0);
+}
+
 TEST_CASE("syslog: the parser never fails to produce an event (property)") {
-  rc::check([](const std::string& s) {
+  CHECK(rc::check([](const std::string& s) {
     Batch b;
     addSyslogEvent(b, s, false, kNow, {});
     RC_ASSERT(b.size() == 1u);
     auto fmt = b[0].header("syslog.format");
     RC_ASSERT(fmt.has_value());
     if (*fmt == "invalid") RC_ASSERT(b[0].body() == std::string_view(s));
-  });
+  }));
+}
+
+TEST_CASE("syslog: strict refuses exactly the RFC deviations lenient accepts (every combination)") {
+  // RFC 5424-shaped messages, each part conforming or deviating, and some noise: every
+  // combination of the parts (483,840 messages).
+  const std::vector<std::vector<std::string>> kParts = {
+      {"<13>", "<165>", "", "<x>"},
+      {"1 ", "2 ", "12 "},
+      {"2026-01-02", "0522-01-02", "2026-02-30", "- "},
+      {"T", "t"},
+      {"03:04:05", "03:04:60", "3:04:05"},
+      {"", ".123", ".123456", ".1234567", ".1234567890123"},
+      {"Z ", "z ", "+01:00 ", " "},
+      {"h a p m ", "- - - - ", "h a p"},
+      {"-", "[x k=\"v\"]", "[x k=\"a]b\"]", "[x k=\"a\\]b\"]", "[x][x]", "[x k=\"1\" k=\"2\"]",
+       "[y"},
+      {"", " msg", " \xEF\xBB\xBFmsg", "x"}};
+  std::vector<size_t> pick(kParts.size(), 0);
+  size_t combinations = 0, deviating = 0;
+  for (bool more = true; more; ++combinations) {
+    std::string raw;
+    for (size_t i = 0; i < kParts.size(); ++i) raw += kParts[i][pick[i]];
+    // The next combination.
+    more = false;
+    for (size_t i = 0; i < kParts.size() && !more; ++i) {
+      more = ++pick[i] < kParts[i].size();
+      if (!more) pick[i] = 0;
+    }
+    SyslogMessage lenient = parseSyslog(raw, kNow);
+    SyslogMessage strict = parseSyslog(raw, kNow, {}, true);
+    const SyslogDeviations refused =
+        lenient.deviations & ~syslogDeviationBit(SyslogDeviation::TimestampRange);
+    if (lenient.failure == SyslogFailure::None && refused != 0u) ++deviating;
+    CAPTURE(raw);
+    if (strict.failure == SyslogFailure::None) {
+      REQUIRE(lenient.failure == SyslogFailure::None);
+      REQUIRE(lenient.deviations == strict.deviations);
+      REQUIRE(refused == 0u);
+    } else if (lenient.failure == SyslogFailure::None) {
+      REQUIRE(refused != 0u);
+      REQUIRE((strict.deviations & refused) != 0u);  // the reason is on the event
+    }
+    if (lenient.failure == SyslogFailure::None && refused == 0u) {
+      REQUIRE(strict.failure == SyslogFailure::None);
+    }
+  }
+  CHECK(combinations == 483840u);
+  CHECK(deviating > 10000u);
 }
 
 // ---- framing ----
@@ -352,7 +552,7 @@ TEST_CASE("syslog framing: oversized frames are cut and the rest skipped") {
 }
 
 TEST_CASE("syslog framing: any chunking gives the frames of the whole stream (property)") {
-  rc::check([](const std::vector<std::string>& msgs, const std::vector<size_t>& cuts) {
+  CHECK(rc::check([](const std::vector<std::string>& msgs, const std::vector<size_t>& cuts) {
     std::string stream;
     Strings expected;
     for (size_t i = 0; i < msgs.size(); ++i) {
@@ -378,7 +578,7 @@ TEST_CASE("syslog framing: any chunking gives the frames of the whole stream (pr
     }
     chunks.push_back(stream.substr(pos));
     RC_ASSERT(frame(chunks, 1 << 20) == expected);
-  });
+  }));
 }
 
 }  // namespace

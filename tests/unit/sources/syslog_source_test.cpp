@@ -244,11 +244,11 @@ TEST_CASE("syslog source: malformed and oversized messages are kept, marked and 
   src->start(ctx);
   int fd = tcpConnect(src->boundPort(0));
   sendAll(fd,
-          "garbage without pri\n<13>1 - h a p m [bad x\n<13>" + std::string(100, 'x') + "\n<13>ok");
+          "<bad> broken pri\n<13>1 - h a p m [bad x\n<13>" + std::string(100, 'x') + "\n<13>ok");
   close(fd);  // the last frame has no terminator: it is still a message
   REQUIRE(loop.runUntil([&] { return ctx.events.size() == 4; }));
   CHECK(ctx.events[0].headers["syslog.invalid"] == "pri");
-  CHECK(ctx.events[0].body == "garbage without pri");
+  CHECK(ctx.events[0].body == "<bad> broken pri");
   CHECK(ctx.events[1].headers["syslog.invalid"] == "structured_data");
   CHECK(ctx.events[2].headers["syslog.incomplete"] == "true");
   CHECK(ctx.events[2].body.size() == 60);  // 64 bytes minus "<13>"
