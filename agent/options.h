@@ -4,6 +4,7 @@
 // describes itself for `sluice schema` and docs/CONFIGURATION.md. There is no other list of
 // options anywhere.
 
+#include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
 #include <chrono>
@@ -223,7 +224,8 @@ class OptionTable {
               return;
             }
           }
-          std::string msg = "'" + r.shown(n, *v) + "' is not one of " + joinChoices(choices);
+          std::string msg =
+              fmt::format("'{}' is not one of {}", r.shown(n, *v), joinChoices(choices));
           auto near = nearest(*v, choices);
           if (!near.empty()) msg += " (did you mean '" + near + "'?)";
           r.diag().error(locationOf(n), path, msg);

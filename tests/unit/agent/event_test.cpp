@@ -1,4 +1,5 @@
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include "agent/event.h"
 #include "agent/metrics.h"
@@ -66,7 +67,7 @@ TEST_CASE("a header value taken from the event's own body survives the arena gro
   auto i = b.add("level=ERROR something long enough", 0);
   for (int round = 0; round < 50; ++round) {
     auto body = b[i].body();
-    b.setHeader(i, "k" + std::to_string(round), body.substr(6, 5));
+    b.setHeader(i, fmt::format("k{}", round), body.substr(6, 5));
   }
   CHECK(b[i].header("k0") == "ERROR");
   CHECK(b[i].header("k49") == "ERROR");

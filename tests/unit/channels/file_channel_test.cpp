@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -71,7 +72,7 @@ struct TestLoop {
 std::shared_ptr<const Batch> makeBatch(int first, int count, size_t body_size = 8) {
   auto b = std::make_shared<Batch>();
   for (int i = 0; i < count; ++i) {
-    std::string body = "e" + std::to_string(first + i);
+    std::string body = fmt::format("e{}", first + i);
     if (body.size() < body_size) body.append(body_size - body.size(), '.');
     uint32_t idx = b->add(body, 1000 + first + i);
     b->setHeader(idx, "host", "h1");
@@ -90,7 +91,7 @@ std::vector<std::string> names(const Take& t) {
 
 std::vector<std::string> range(int first, int count) {
   std::vector<std::string> out;
-  for (int i = first; i < first + count; ++i) out.push_back("e" + std::to_string(i));
+  for (int i = first; i < first + count; ++i) out.push_back(fmt::format("e{}", i));
   return out;
 }
 

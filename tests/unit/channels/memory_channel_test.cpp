@@ -1,6 +1,7 @@
 #include "channels/memory/memory_channel.h"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <uv.h>
 #include <yaml-cpp/yaml.h>
 
@@ -44,7 +45,7 @@ struct TestLoop {
 std::shared_ptr<const Batch> makeBatch(int first, int count, size_t body_size = 8) {
   auto b = std::make_shared<Batch>();
   for (int i = 0; i < count; ++i) {
-    std::string body = "e" + std::to_string(first + i);
+    std::string body = fmt::format("e{}", first + i);
     if (body.size() < body_size) body.append(body_size - body.size(), '.');
     b->add(body, 1);
   }
@@ -62,7 +63,7 @@ std::vector<std::string> names(const Take& t) {
 
 std::vector<std::string> expected(int first, int count) {
   std::vector<std::string> out;
-  for (int i = 0; i < count; ++i) out.push_back("e" + std::to_string(first + i));
+  for (int i = 0; i < count; ++i) out.push_back(fmt::format("e{}", first + i));
   return out;
 }
 

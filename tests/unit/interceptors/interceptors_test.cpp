@@ -1,6 +1,7 @@
 // Interceptors and the source router (selector, all-or-nothing put), with the real registry.
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <filesystem>
 #include <set>
@@ -290,7 +291,7 @@ TEST_CASE("positions reach every file channel of a source, also one routed no ev
       uint64_t bytes_before = b->stats().bytes;
       for (int i = 2; i <= 200; ++i) {
         Batch more = lines({"x"});
-        std::string v = "v" + std::to_string(i);
+        std::string v = fmt::format("v{}", i);
         CHECK(runner.offerWithPositions(more, {{"k", v}}) == OfferResult::Accepted);
       }
       for (int i = 0; i < 2000 && runner.durablePositions("k") != std::vector<std::string>{"v200"};
