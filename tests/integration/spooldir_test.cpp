@@ -143,9 +143,9 @@ TEST_CASE("spooldir: check and run refuse a spool directory that cannot be used"
                                       "sinks:\n  out: {type: stdout, channel: mem}\n");
     for (const char* verb : {"check", "run"}) {
       auto r = runSluice({verb, "-c", dir.file("a.yaml")}, dir);
-      INFO(verb << " " << path << ": " << r.err);
+      INFO(std::string(verb) << " " << path << ": " << r.err);
       CHECK(r.code == 1);
-      CHECK(r.err.find(dir.file("a.yaml") + ":4:5: error: sources.spool.path: ") !=
+      CHECK(r.err.find(dir.file("a.yaml") + ":4:11: error: sources.spool.path: ") !=
             std::string::npos);
     }
   }
