@@ -15,8 +15,8 @@
 
 namespace sluice::spool {
 
-// What identifies a spooled file: device + inode, plus size and mtime (a spooled file must not
-// change once placed, so a different size or mtime means it was modified).
+// What identifies a spooled file: device + inode, plus size and mtime (a larger size means it
+// grew and is read on; a smaller one, or the same size with another mtime, that it was changed).
 struct FileId {
   uint64_t dev = 0;
   uint64_t ino = 0;
