@@ -3,9 +3,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <re2/re2.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +25,28 @@ FileId fileIdOf(const struct stat& st) {
   id.size = static_cast<uint64_t>(st.st_size);
   id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   return id;
+}
+
+int64_t ctimeNs(const struct stat& st) {
+  return static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+}
+
+int64_t wallNowNs() {
+  struct timespec ts {};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+Writers probeWriters(int fd) {
+  // A writer opening the file while the lease is held is held up until it is released (a few
+  // microseconds later) and the kernel signals the lease holder: SIGURG, whose default action
+  // is to ignore it, instead of SIGIO, which would end the process.
+  if (::fcntl(fd, F_SETSIG, SIGURG) != 0) return Writers::Unknown;
+  if (::fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+    ::fcntl(fd, F_SETLEASE, F_UNLCK);
+    return Writers::None;
+  }
+  return errno == EAGAIN ? Writers::Some : Writers::Unknown;
 }
 
 std::string encodePosition(const Position& p) {
@@ -84,7 +108,7 @@ void scanInto(const std::string& dir, const ScanOptions& o, std::vector<Candidat
     if (endsWith(name, o.completed_suffix) || endsWith(name, o.failed_suffix)) continue;
     if (o.include_pattern.re && !RE2::FullMatch(name, *o.include_pattern.re)) continue;
     if (o.ignore_pattern.re && RE2::FullMatch(name, *o.ignore_pattern.re)) continue;
-    out.push_back({std::move(path), fileIdOf(st).mtime_ns});
+    out.push_back({std::move(path), fileIdOf(st).mtime_ns, ctimeNs(st)});
   }
   closedir(d);
 }
@@ -129,6 +153,32 @@ std::optional<std::string> renameUnique(const std::string& from, const std::stri
   }
   error = "no free name";
   return std::nullopt;
+}
+
+std::optional<std::string> renameIfSame(const std::string& from, const FileId& id,
+                                        const std::string& base, const std::string& suffix,
+                                        bool& replaced, std::string& error) {
+  replaced = false;
+  struct stat st {};
+  if (::lstat(from.c_str(), &st) != 0 || !fileIdOf(st).sameInode(id)) {
+    replaced = true;
+    return std::nullopt;
+  }
+  auto to = renameUnique(from, base, suffix, error);
+  if (!to) return std::nullopt;
+  if (::lstat(to->c_str(), &st) == 0 && !fileIdOf(st).sameInode(id)) {
+    // Another file was renamed over `from` between the check and the rename: it is not ours to
+    // move. Put it back (never over a newer one); ours is then gone from the directory.
+    if (renameat2(AT_FDCWD, to->c_str(), AT_FDCWD, from.c_str(), RENAME_NOREPLACE) != 0) {
+      spdlog::warn(
+          "spooldir: {} was replaced while it was being moved to {}; cannot put the new "
+          "file back: {}",
+          from, *to, std::strerror(errno));
+    }
+    replaced = true;
+    return std::nullopt;
+  }
+  return to;
 }
 
 bool writeStateFile(const std::string& path, const std::string& content, std::string& error) {

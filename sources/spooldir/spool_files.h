@@ -15,8 +15,8 @@
 
 namespace sluice::spool {
 
-// What identifies a spooled file: device + inode, plus size and mtime (a spooled file must not
-// change once placed, so a different size or mtime means it was modified).
+// What identifies a spooled file: device + inode, plus size and mtime (a larger size means it
+// grew and is read on; a smaller one, or the same size with another mtime, that it was changed).
 struct FileId {
   uint64_t dev = 0;
   uint64_t ino = 0;
@@ -27,6 +27,18 @@ struct FileId {
 };
 
 FileId fileIdOf(const struct stat& st);
+// The inode's change time (any write, chmod, rename or utimes sets it to the current time).
+int64_t ctimeNs(const struct stat& st);
+// CLOCK_REALTIME in nanoseconds: the clock file times are set from.
+int64_t wallNowNs();
+
+// Whether another process has the file open for writing, asked with a read-lease probe
+// (fcntl F_SETLEASE F_RDLCK, released at once): the kernel refuses the lease while any writer
+// has the file open. Unknown when leases are not allowed here: the agent neither owns the file
+// nor has CAP_LEASE, leases are disabled (fs.leases-enable), or the file system has none (NFS).
+// `fd` must be open read-only.
+enum class Writers { None, Some, Unknown };
+Writers probeWriters(int fd);
 
 // The position of the file being read: "v1 <dev> <ino> <size> <mtime_ns> <offset> <path>".
 // `offset` is the byte after the last line the put covers; offset == size means every line of
@@ -52,6 +64,7 @@ struct ScanOptions {
 struct Candidate {
   std::string path;
   int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
 };
 
 // Regular files under `dir` that may be spooled, in consume order. Skips hidden names (a
@@ -65,6 +78,14 @@ std::vector<Candidate> scanDirectory(const std::string& dir, const ScanOptions& 
 // used, or nullopt with errno-style `error` text.
 std::optional<std::string> renameUnique(const std::string& from, const std::string& base,
                                         const std::string& suffix, std::string& error);
+
+// Moves the file `id` (device + inode) that was found at `from` to a unique `base + suffix`
+// (as renameUnique), but only while `from` still names that file: checked before the rename, and
+// after it a file that was renamed over `from` in between is put back. Returns the name used;
+// nullopt with `replaced` set when `from` names another file (or none), else with `error`.
+std::optional<std::string> renameIfSame(const std::string& from, const FileId& id,
+                                        const std::string& base, const std::string& suffix,
+                                        bool& replaced, std::string& error);
 
 // The state file (for channels that keep no positions): `content` is written to path + ".tmp",
 // fsynced, renamed over `path`, and the directory fsynced. Creates the directory. Blocking.

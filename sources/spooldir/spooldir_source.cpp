@@ -63,6 +63,9 @@ const OptionTable<SpooldirConfig>& spooldirOptionTable() {
                 "split: cut a long line into max_line_bytes events; truncate: keep its start")
         .duration("poll_interval", &C::poll_interval, "500ms", Millis(10), Millis(3600000),
                   "how often the directory is scanned for new files")
+        .duration("min_age", &C::min_age, "5s", Millis(0), Millis(86400000),
+                  "a file is taken only once unchanged (ctime) for this long and not open for "
+                  "writing; 0: at once")
         .boolean("watch", &C::watch, true,
                  "also watch the directory (inotify via libuv) to pick up files at once")
         .string("input_charset", &C::input_charset, "",
@@ -107,6 +110,8 @@ void SpooldirSource::start(SourceContext& ctx) {
   counters_.bytes = &m.counter("ByteCount");
   counters_.files_completed = &m.counter("FilesCompletedCount");
   counters_.files_failed = &m.counter("FilesFailedCount");
+  counters_.files_grown = &m.counter("FilesGrownCount");
+  counters_.files_replaced = &m.counter("FilesReplacedCount");
   counters_.lines_truncated = &m.counter("LinesTruncatedCount");
   counters_.lines_split = &m.counter("LinesSplitCount");
   counters_.decode_replaced = &m.counter("DecodeReplacementCount");
@@ -148,12 +153,31 @@ void SpooldirSource::start(SourceContext& ctx) {
                   (present(p) == present(*resume_) && p.offset < resume_->offset);
     if (better) resume_ = p;
   }
-  if (resume_) {
+  if (resume_ && !present(*resume_)) {
+    // Completed (renamed or deleted) before the restart, or taken away: nothing to resume. A new
+    // file under its name is a new file.
+    struct stat st {};
+    if (::lstat(resume_->path.c_str(), &st) == 0) {
+      noteReplacedBeforeRestart(*resume_);
+    } else if (resume_->offset < resume_->id.size) {
+      spdlog::warn(
+          "spooldir source '{}': {} was read up to byte {} of {} before the restart and is no "
+          "longer at its path; its remaining lines are not read",
+          ctx.name(), resume_->path, resume_->offset, resume_->id.size);
+    } else {
+      spdlog::debug("spooldir source '{}': {}, the last file spooled, was completed", ctx.name(),
+                    resume_->path);
+    }
+    resume_.reset();
+  } else if (resume_ && resume_->offset < resume_->id.size) {
     spdlog::info("spooldir source '{}': resuming {} at byte {}", ctx.name(), resume_->path,
                  resume_->offset);
+  } else if (resume_) {
+    spdlog::info("spooldir source '{}': every line of {} was put before the restart; completing it",
+                 ctx.name(), resume_->path);
   }
 
-  for (uv_timer_t* t : {&poll_timer_, &durable_timer_, &state_timer_}) {
+  for (uv_timer_t* t : {&poll_timer_, &durable_timer_, &state_timer_, &settle_timer_}) {
     uv_timer_init(loop_, t);
     t->data = this;
     ++open_handles_;
@@ -216,6 +240,7 @@ void SpooldirSource::turn() {
     case Phase::Idle:
       if (!openNext()) stopTurn();
       return;
+    case Phase::Settling:
     case Phase::AwaitDurable:
       stopTurn();
       return;
@@ -233,8 +258,11 @@ bool SpooldirSource::openNext() {
       spdlog::warn("spooldir source '{}': {}", ctx_->name(), error);
     }
     last_scan_error_ = error;
+    int64_t now = spool::wallNowNs();
+    int64_t min_age_ns = static_cast<int64_t>(config_.min_age.count()) * 1000000;
     for (auto& c : found) {
       if (ignored_.count(c.path)) continue;
+      if (now - c.ctime_ns < min_age_ns) continue;  // changed lately: a later scan takes it
       // The file that was being read before a restart goes first.
       if (resume_ && c.path == resume_->path) {
         queue_.push_front(std::move(c.path));
@@ -252,41 +280,57 @@ bool SpooldirSource::openNext() {
 }
 
 bool SpooldirSource::startFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (test_hook_) test_hook_(TestPoint::BeforeOpen, path);
+  // O_NONBLOCK: whatever was renamed in since the scan (a FIFO waits for a writer in a blocking
+  // open) must not hold the loop. It changes nothing for regular files.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) return false;  // moved away since the scan
-    failPath(path, std::string("cannot open: ") + std::strerror(errno));
+    std::string why = std::string("cannot open: ") + std::strerror(errno);
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) quarantine(path, spool::fileIdOf(st), why);
     return false;
   }
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd, &st) != 0) {
     ::close(fd);
     return false;
   }
   spool::FileId id = spool::fileIdOf(st);
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    quarantine(path, id, "is not a regular file (a FIFO, socket or device renamed in)");
+    return false;
+  }
+  if (settleWaitMs(fd, spool::ctimeNs(st), path) > 0) {
+    ::close(fd);  // still being written: a later scan takes it
+    return false;
+  }
   uint64_t start_off = 0;
+  bool grew = false;
   if (resume_ && resume_->path == path) {
     spool::Position r = *resume_;
     resume_.reset();
-    if (r.id.sameInode(id)) {
-      if (r.id.size != id.size || r.id.mtime_ns != id.mtime_ns) {
-        ::close(fd);
-        failPath(path,
-                 "changed after it was placed (size or mtime differ from the position "
-                 "saved before the restart)");
-        return false;
-      }
-      start_off = r.offset;
-    } else if (r.offset < r.id.size) {
+    if (!r.id.sameInode(id)) {
+      noteReplacedBeforeRestart(r);
+    } else if (id.size < r.id.size || (id.size == r.id.size && id.mtime_ns != r.id.mtime_ns)) {
       ::close(fd);
-      failPath(path, "replaced by another file while it was being read");
+      quarantine(path, id,
+                 "changed after it was placed (shrank or was rewritten since the position "
+                 "saved before the restart)");
       return false;
+    } else {
+      start_off = r.offset;
+      grew = id.size > r.id.size;
     }
   }
   fd_ = fd;
   path_ = path;
   basename_ = path.substr(path.rfind('/') + 1);
   id_ = id;
+  ctime_ns_ = spool::ctimeNs(st);
+  grew_ = false;
+  waiting_logged_.erase(path);
   read_off_ = start_off;
   buf_len_ = 0;
   buf_pos_ = 0;
@@ -298,6 +342,7 @@ bool SpooldirSource::startFile(const std::string& path) {
   batch_end_ = start_off;
   offered_end_ = start_off;
   phase_ = Phase::Reading;
+  if (grew) noteGrowth(start_off);
   if (start_off > 0) {
     spdlog::info("spooldir source '{}': reading {} from byte {}", ctx_->name(), path, start_off);
   } else {
@@ -306,23 +351,71 @@ bool SpooldirSource::startFile(const std::string& path) {
   return true;
 }
 
+uint64_t SpooldirSource::settleWaitMs(int fd, int64_t ctime_ns, const std::string& path) {
+  int64_t age_ms = (spool::wallNowNs() - ctime_ns) / 1000000;
+  if (age_ms < config_.min_age.count())
+    return static_cast<uint64_t>(config_.min_age.count() - age_ms);
+  if (spool::probeWriters(fd) != spool::Writers::Some) return 0;
+  if (waiting_logged_.insert(path).second) {
+    spdlog::info(
+        "spooldir source '{}': {} is open for writing by another process; waiting until it is "
+        "closed (files written in place belong to the tail source)",
+        ctx_->name(), path);
+  }
+  return static_cast<uint64_t>(config_.poll_interval.count());
+}
+
+void SpooldirSource::noteReplacedBeforeRestart(const spool::Position& r) {
+  if (r.offset >= r.id.size) return;  // that file was finished: nothing of it is missing
+  counters_.files_replaced->inc();
+  spdlog::warn(
+      "spooldir source '{}': {} was read up to byte {} of {} before the restart and has been "
+      "replaced by another file; its remaining lines are not read, the new file is read as a new "
+      "file",
+      ctx_->name(), r.path, r.offset, r.id.size);
+}
+
+void SpooldirSource::noteGrowth(uint64_t from_size) {
+  if (grew_) return;
+  grew_ = true;
+  counters_.files_grown->inc();
+  spdlog::warn(
+      "spooldir source '{}': {} grew after it was taken (from {} bytes); reading its new lines "
+      "too (files written in place belong to the tail source)",
+      ctx_->name(), path_, from_size);
+}
+
+SpooldirSource::Change SpooldirSource::refreshSize() {
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) {
+    failFile(std::string("cannot stat: ") + std::strerror(errno));
+    return Change::Failed;
+  }
+  spool::FileId now = spool::fileIdOf(st);
+  ctime_ns_ = spool::ctimeNs(st);
+  if (now.size < id_.size) {
+    failFile("shrank while it was being spooled (size " + std::to_string(id_.size) + " -> " +
+             std::to_string(now.size) + ")");
+    return Change::Failed;
+  }
+  if (now.size == id_.size && now.mtime_ns != id_.mtime_ns) {
+    failFile("was rewritten in place while it was being spooled (same size, new mtime)");
+    return Change::Failed;
+  }
+  if (now.size == id_.size) return Change::Same;
+  noteGrowth(id_.size);
+  id_.size = now.size;
+  id_.mtime_ns = now.mtime_ns;
+  return Change::Grew;
+}
+
 void SpooldirSource::pump() {
   for (int i = 0; i < kReadsPerTurn; ++i) {
     Step s = processBuffer();
     if (s != Step::Ok) return;
+    if (refreshSize() == Change::Failed) return;
     if (read_off_ >= id_.size) {
       finishReading();
-      return;
-    }
-    struct stat st {};
-    if (::fstat(fd_, &st) != 0) {
-      failFile(std::string("cannot stat: ") + std::strerror(errno));
-      return;
-    }
-    spool::FileId now = spool::fileIdOf(st);
-    if (now.size != id_.size || now.mtime_ns != id_.mtime_ns) {
-      failFile("changed after it was placed (size " + std::to_string(id_.size) + " -> " +
-               std::to_string(now.size) + ")");
       return;
     }
     // Keep the unprocessed tail (a partial line), then read the next chunk after it.
@@ -350,7 +443,7 @@ void SpooldirSource::pump() {
       return;
     }
     if (n == 0) {
-      failFile("shrank while it was being read");
+      failFile("shrank while it was being spooled");
       return;
     }
     buf_len_ = keep + static_cast<size_t>(n);
@@ -469,6 +562,23 @@ bool SpooldirSource::offerBatch() {
 }
 
 void SpooldirSource::finishReading() {
+  // The end is the end only once the file has settled; until then the complete lines go out and
+  // the unfinished last one waits.
+  if (uint64_t wait = settleWaitMs(fd_, ctime_ns_, path_); wait > 0) {
+    if (!batch_.empty() && !offerBatch()) return;  // resume() comes back here
+    phase_ = Phase::Settling;
+    stopTurn();
+    uv_timer_start(
+        &settle_timer_,
+        [](uv_timer_t* t) {
+          auto* self = static_cast<SpooldirSource*>(t->data);
+          if (self->phase_ != Phase::Settling) return;
+          self->phase_ = Phase::Reading;
+          self->kick();
+        },
+        wait, 0);
+    return;
+  }
   // The last line may have no newline.
   if (discarding_) {
     discarding_ = false;
@@ -520,6 +630,14 @@ void SpooldirSource::checkDurable() {
     return;  // perhaps a file channel still writing its first put: wait for the probe window
   }
   uv_timer_stop(&durable_timer_);
+  // The last look before completing: lines written since the end was reached go out first.
+  Change change = refreshSize();
+  if (change == Change::Failed) return;
+  if (change == Change::Grew) {
+    phase_ = Phase::Reading;
+    kick();
+    return;
+  }
   completeFile();
 }
 
@@ -539,28 +657,55 @@ void SpooldirSource::closeFile() {
 
 void SpooldirSource::completeFile() {
   std::string path = path_;
+  spool::FileId id = id_;
+  bool remove = config_.delete_policy == "immediate";
+  // Deleting first moves the file to a hidden name (never scanned), so that what is deleted is
+  // checked to be the file that was read.
+  std::string base =
+      remove ? path.substr(0, path.size() - basename_.size()) + "." + basename_ : path;
+  bool replaced = false;
+  std::string error;
+  if (test_hook_) test_hook_(TestPoint::BeforeComplete, path);
+  auto to = spool::renameIfSame(path, id, base, config_.completed_suffix, replaced, error);
+  struct stat st {};
+  bool same = to && ::fstat(fd_, &st) == 0 && spool::fileIdOf(st) == id;
   closeFile();
-  if (config_.delete_policy == "immediate") {
-    if (::unlink(path.c_str()) != 0) {
-      spdlog::error("spooldir source '{}': cannot delete completed {}: {}; leaving it",
-                    ctx_->name(), path, std::strerror(errno));
-      ignored_.insert(path);
+  if (replaced) {
+    // Every line of the file read is in the channels; the file now at the path is another one.
+    counters_.files_completed->inc();
+    counters_.files_replaced->inc();
+    spdlog::warn(
+        "spooldir source '{}': {} was replaced by another file after it was read; the file read "
+        "is not renamed and the new one is read as a new file",
+        ctx_->name(), path);
+  } else if (!to) {
+    spdlog::error("spooldir source '{}': cannot {} completed {}: {}; it is skipped until restart",
+                  ctx_->name(), remove ? "delete" : "rename", path, error);
+    ignored_.insert(path);
+    counters_.files_completed->inc();
+  } else if (!same) {
+    // Written to between the last look and the rename: what came after is not in the channels.
+    counters_.files_failed->inc();
+    std::string why = "changed after it was completed (size " + std::to_string(id.size) + " -> " +
+                      std::to_string(static_cast<uint64_t>(st.st_size)) + "): the bytes after " +
+                      std::to_string(id.size) + " are not spooled";
+    auto failed = spool::renameUnique(*to, path, config_.failed_suffix, error);
+    if (failed) {
+      spdlog::error("spooldir source '{}': {} {}; moved to {}", ctx_->name(), path, why, *failed);
+    } else {
+      spdlog::error("spooldir source '{}': {} {}; left as {} ({})", ctx_->name(), path, why, *to,
+                    error);
     }
   } else {
-    std::string error;
-    auto to = spool::renameUnique(path, path, config_.completed_suffix, error);
-    if (!to) {
-      spdlog::error(
-          "spooldir source '{}': cannot rename completed {}: {}; it is skipped until "
-          "restart",
-          ctx_->name(), path, error);
-      ignored_.insert(path);
-    } else if (*to != path + config_.completed_suffix) {
+    if (remove && ::unlink(to->c_str()) != 0) {
+      spdlog::error("spooldir source '{}': cannot delete completed {} (moved to {}): {}",
+                    ctx_->name(), path, *to, std::strerror(errno));
+    } else if (!remove && *to != path + config_.completed_suffix) {
       spdlog::warn("spooldir source '{}': the name {} was used before; completed as {}",
                    ctx_->name(), path, *to);
     }
+    counters_.files_completed->inc();
   }
-  counters_.files_completed->inc();
   if (nonDurable()) writeState();
   kick();
 }
@@ -569,7 +714,7 @@ void SpooldirSource::failFile(const std::string& why) {
   std::string path = path_;
   spool::FileId id = id_;
   closeFile();
-  if (failPath(path, why)) {
+  if (quarantine(path, id, why)) {
     // The durable position still names this file mid-way; after a restart a new file dropped
     // under the same name would look like this one replaced while being read. Mark it finished
     // (best effort: a refused offer changes nothing, and no resume() is awaited for it).
@@ -583,13 +728,22 @@ void SpooldirSource::failFile(const std::string& why) {
   kick();
 }
 
-bool SpooldirSource::failPath(const std::string& path, const std::string& why) {
+bool SpooldirSource::quarantine(const std::string& path, const spool::FileId& id,
+                                const std::string& why) {
   counters_.files_failed->inc();
+  bool replaced = false;
   std::string error;
-  auto to = spool::renameUnique(path, path, config_.failed_suffix, error);
+  auto to = spool::renameIfSame(path, id, path, config_.failed_suffix, replaced, error);
   if (to) {
     spdlog::error("spooldir source '{}': {} {}; moved to {}", ctx_->name(), path, why, *to);
     return true;
+  }
+  if (replaced) {
+    spdlog::error(
+        "spooldir source '{}': {} {}; it is no longer at its path (a new file there is read as "
+        "a new file)",
+        ctx_->name(), path, why);
+    return false;
   }
   spdlog::error("spooldir source '{}': {} {}; cannot move it aside ({}): skipped until restart",
                 ctx_->name(), path, why, error);
@@ -660,6 +814,7 @@ void SpooldirSource::stop(std::function<void()> done) {
   closeHandle(reinterpret_cast<uv_handle_t*>(&poll_timer_));
   closeHandle(reinterpret_cast<uv_handle_t*>(&durable_timer_));
   closeHandle(reinterpret_cast<uv_handle_t*>(&state_timer_));
+  closeHandle(reinterpret_cast<uv_handle_t*>(&settle_timer_));
   if (config_.watch) closeHandle(reinterpret_cast<uv_handle_t*>(&watch_));
   if (state_dirty_ && nonDurable()) writeState();
 }
@@ -684,19 +839,47 @@ bool SpooldirSource::idle() const {
   return phase_ == Phase::Idle && queue_.empty() && !paused_ && fd_ < 0;
 }
 
+ConfigErrors validateSpooldirConfig(const SpooldirConfig& cfg) {
+  ConfigErrors errors;
+  struct stat st {};
+  if (::stat(cfg.path.c_str(), &st) != 0) {
+    errors.emplace_back("path",
+                        "cannot use spool directory " + cfg.path + ": " + std::strerror(errno));
+  } else if (!S_ISDIR(st.st_mode)) {
+    errors.emplace_back("path", cfg.path + " is not a directory");
+  } else if (::access(cfg.path.c_str(), R_OK | X_OK) != 0) {
+    errors.emplace_back("path",
+                        "cannot read spool directory " + cfg.path + ": " + std::strerror(errno));
+  } else if (::access(cfg.path.c_str(), W_OK) != 0) {
+    errors.emplace_back("path", "cannot rename files in spool directory " + cfg.path +
+                                    " (completed files would be read again after a restart): " +
+                                    std::strerror(errno));
+  }
+  for (const char* key : {"completed_suffix", "failed_suffix"}) {
+    const std::string& v =
+        std::string(key) == "completed_suffix" ? cfg.completed_suffix : cfg.failed_suffix;
+    if (v.empty()) {
+      errors.emplace_back(key, "must not be empty (finished files would look new again)");
+    }
+  }
+  return errors;
+}
+
 void registerSpooldirSource(Registry& registry) {
   registry.addSource<SpooldirConfig>(
       "spooldir",
       "Reads files dropped into a directory line by line, then renames them with "
       "completed_suffix; resumes mid-file after a crash from the channels' durable position.",
-      spooldirOptionTable(), [](const SpooldirConfig& cfg, const BuildContext& b) -> SourcePtr {
+      spooldirOptionTable(),
+      [](const SpooldirConfig& cfg, const BuildContext& b) -> SourcePtr {
         std::string state_dir = cfg.state_dir;
         if (state_dir.empty()) {
           std::string data_dir = b.agent ? b.agent->data_dir : std::string(".");
           state_dir = data_dir + "/spooldir/" + b.name;
         }
         return std::make_unique<SpooldirSource>(cfg, state_dir);
-      });
+      },
+      &validateSpooldirConfig);
 }
 
 }  // namespace sluice

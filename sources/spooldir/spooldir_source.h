@@ -20,12 +20,27 @@
 // to be learnt: as soon as durablePositions() shows the key, they do; until then completing a
 // file waits up to kDurableProbeWait after the first accepted put.
 //
-// Files that cannot be spooled (a file that changed after it was placed: size or mtime differ
-// while it is read or from its durable position; one replaced by another inode while being read;
-// an unreadable one; a line that cannot be converted under on_decode_error: fail) are logged,
-// counted in FilesFailedCount and renamed with failed_suffix; the source carries on. A name
-// reused after an earlier file of that name was completed is ingested normally and completed as
+// When a file is taken. A file is opened only once it has settled: its ctime (set by every
+// write, chmod and rename) is at least min_age old, and no other process has it open for writing
+// (a read-lease probe, spool_files.h; where it cannot tell, min_age alone decides). Opens are
+// O_NONBLOCK and the type is checked with fstat on the descriptor, so a FIFO renamed in after
+// the scan cannot hold the loop; anything but a regular file is quarantined.
+//
+// Files that change. A file that grows after it was taken (while read, at its end, or at the
+// last look before completion) is read on: its new lines are shipped, FilesGrownCount counts it
+// and a warning names it. At its end a file is completed only once it has settled again;
+// meanwhile the source waits (phase Settling) without emitting its unfinished last line. A file
+// that shrinks or is modified in place (same size, new mtime), one unreadable, a non-regular
+// file, a line that cannot be converted under on_decode_error: fail, and a file that changed
+// between the last look and the completion rename (checked with fstat after it) are logged,
+// counted in FilesFailedCount and renamed with failed_suffix; the source carries on.
+//
+// Identity. Completion and quarantine move the file by the identity of the open descriptor
+// (device + inode, spool::renameIfSame): a file renamed over the one being read is not renamed
+// nor deleted but read later as a new file (FilesReplacedCount). A name reused after an earlier
+// file of that name was completed is ingested normally and completed as
 // `<name>.<n><completed_suffix>` (rename never overwrites: renameat2 RENAME_NOREPLACE).
+// delete_policy immediate first moves the file to a hidden name, checks it, then unlinks it.
 //
 // Lines are bytes: cut on '\n', a trailing '\r' stripped, a last line without newline delivered,
 // no line rejected for its encoding. Lines longer than max_line_bytes are split into pieces (each
@@ -33,8 +48,9 @@
 //
 // The loop is never held long: one turn (a uv_idle callback) reads at most kReadsPerTurn chunks
 // of kReadChunkBytes with pread. Regular-file reads and the directory scan are synchronous on the
-// loop thread (page-cache speed; see docs/spooldir.md). A refused offer (Full) parks the batch
-// and stops reading until resume(). Memory: one batch plus one chunk plus one partial line.
+// loop thread (page-cache speed; see docs/spooldir.md); nothing waits on another process. A refused
+// offer (Full) parks the batch and stops reading until resume(). Memory: one batch plus one chunk
+// plus one partial line.
 
 #include <uv.h>
 
@@ -71,6 +87,7 @@ struct SpooldirConfig {
   uint64_t max_line_bytes = uint64_t{1} << 20;
   std::string on_long_line = "split";
   Millis poll_interval{500};
+  Millis min_age{5000};
   bool watch = true;
   std::string input_charset;
   std::string on_decode_error = "replace";
@@ -103,15 +120,24 @@ class SpooldirSource final : public Source {
   // kDurableProbeWait).
   void setDurableProbeWait(Millis wait) { probe_wait_ = wait; }
   const std::string& positionKey() const { return key_; }
+  // For tests: called with the path just before a file is opened, and just before a read file
+  // is renamed or deleted as completed (to race them).
+  enum class TestPoint { BeforeOpen, BeforeComplete };
+  void setTestHook(std::function<void(TestPoint, const std::string&)> hook) {
+    test_hook_ = std::move(hook);
+  }
 
  private:
-  enum class Phase { Idle, Reading, AwaitDurable };
+  enum class Phase { Idle, Reading, Settling, AwaitDurable };
   enum class Step { Ok, Paused, Failed };
+  enum class Change { Same, Grew, Failed };
   struct Counters {
     Counter* lines = nullptr;
     Counter* bytes = nullptr;
     Counter* files_completed = nullptr;
     Counter* files_failed = nullptr;
+    Counter* files_grown = nullptr;
+    Counter* files_replaced = nullptr;
     Counter* lines_truncated = nullptr;
     Counter* lines_split = nullptr;
     Counter* decode_replaced = nullptr;
@@ -123,7 +149,14 @@ class SpooldirSource final : public Source {
   bool openNext();
   // Opens `path` and makes it current; false when it was skipped or failed.
   bool startFile(const std::string& path);
+  // How long until the open file `fd` (ctime `ctime_ns`) has settled; 0: it has.
+  uint64_t settleWaitMs(int fd, int64_t ctime_ns, const std::string& path);
   void pump();
+  // fstat of the current file: a grown file is read on; a shrunk or rewritten one is failed.
+  Change refreshSize();
+  void noteGrowth(uint64_t from_size);
+  // A file whose position survived a restart is another inode now: counted if it was mid-way.
+  void noteReplacedBeforeRestart(const spool::Position& r);
   Step processBuffer();
   Step emitLine(std::string_view line, uint64_t end_off);
   Step emitLong(std::string_view line, uint64_t start_off, uint64_t end_off);
@@ -132,8 +165,9 @@ class SpooldirSource final : public Source {
   void checkDurable();
   void completeFile();
   void failFile(const std::string& why);
-  // Counts and renames a file aside; false when it could not be moved.
-  bool failPath(const std::string& path, const std::string& why);
+  // Counts and renames the file `id` found at `path` aside, only while `path` still names it;
+  // false when it was not moved.
+  bool quarantine(const std::string& path, const spool::FileId& id, const std::string& why);
   void closeFile();
   void refreshPositionsKept();
   bool nonDurable();
@@ -157,6 +191,7 @@ class SpooldirSource final : public Source {
   uv_timer_t poll_timer_{};
   uv_timer_t durable_timer_{};
   uv_timer_t state_timer_{};
+  uv_timer_t settle_timer_{};
   uv_fs_event_t watch_{};
   bool watching_ = false;
   bool turning_ = false;
@@ -167,12 +202,16 @@ class SpooldirSource final : public Source {
   std::set<std::string> ignored_;  // could not be renamed aside: never read again in this run
   std::optional<spool::Position> resume_;
   std::string last_scan_error_;
+  std::set<std::string> waiting_logged_;  // files said to be waiting for a writer
+  std::function<void(TestPoint, const std::string&)> test_hook_;
 
   // The current file.
   std::string path_;
   std::string basename_;
   int fd_ = -1;
   spool::FileId id_;
+  int64_t ctime_ns_ = 0;
+  bool grew_ = false;      // grew after it was taken (counted once)
   uint64_t read_off_ = 0;  // next byte to read
   std::unique_ptr<char[]> buf_;
   size_t buf_cap_ = 0;
@@ -201,6 +240,10 @@ class SpooldirSource final : public Source {
   bool stopping_ = false;
   std::function<void()> done_;
 };
+
+// What the option table cannot check: the spool directory exists, is a directory, and can be
+// read and renamed in; the suffixes are not empty. Run by `sluice check`, reload and run.
+ConfigErrors validateSpooldirConfig(const SpooldirConfig& cfg);
 
 void registerSpooldirSource(Registry& registry);
 

@@ -57,6 +57,7 @@ sources:
   spool:
     type: spooldir
     path: $WORK/spool
+    min_age: 0s   # the file is complete when renamed in: no settling delay in the timing
     batch_size: 1000
     channels: [ch]
 channels:

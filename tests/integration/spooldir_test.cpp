@@ -56,15 +56,16 @@ TEST_CASE("spooldir: kill -9 at 30 random moments while spooling; every line onc
   fs::create_directories(dir.file("spool"));
   std::vector<std::string> all;
   for (int f = 0; f < 10; ++f) dropSpoolFile(dir, "f" + std::to_string(f), 5000, all);
-  std::string yaml = "agent:\n  name: it\n  data_dir: " + dir.file("data") +
-                     "\n  status: 127.0.0.1:0\n  drain_timeout: 5s\n"
-                     "sources:\n  spool:\n    type: spooldir\n    path: " +
-                     dir.file("spool") +
-                     "\n    batch_size: 100\n    poll_interval: 50ms\n    channels: [disk]\n"
-                     "channels:\n  disk:\n    type: file\n    segment_bytes: 64KiB\n"
-                     "    max_bytes: 256KiB\n    min_free_bytes: 1MiB\n"
-                     "    checkpoint_interval: 50ms\n"
-                     "sinks:\n  out:\n    type: stdout\n    channel: disk\n    batch_size: 50\n";
+  std::string yaml =
+      "agent:\n  name: it\n  data_dir: " + dir.file("data") +
+      "\n  status: 127.0.0.1:0\n  drain_timeout: 5s\n"
+      "sources:\n  spool:\n    type: spooldir\n    path: " +
+      dir.file("spool") +
+      "\n    batch_size: 100\n    poll_interval: 50ms\n    min_age: 0s\n    channels: [disk]\n"
+      "channels:\n  disk:\n    type: file\n    segment_bytes: 64KiB\n"
+      "    max_bytes: 256KiB\n    min_free_bytes: 1MiB\n"
+      "    checkpoint_interval: 50ms\n"
+      "sinks:\n  out:\n    type: stdout\n    channel: disk\n    batch_size: 50\n";
   writeFile(dir.file("a.yaml"), yaml);
   unsigned seed = std::random_device{}();
   INFO("seed " << seed);
@@ -130,4 +131,22 @@ TEST_CASE("spooldir: kill -9 at 30 random moments while spooling; every line onc
   // low water is that count.
   CHECK(channelLowWater(dir.file("data/channels/disk"), dir) == static_cast<long long>(all.size()));
   CHECK(agent.err().find("FAILED") == std::string::npos);
+}
+
+TEST_CASE("spooldir: check and run refuse a spool directory that cannot be used") {
+  TempDir dir;
+  writeFile(dir.file("plain"), "");
+  for (const std::string& path : {dir.file("missing"), dir.file("plain")}) {
+    writeFile(dir.file("a.yaml"), "sources:\n  spool:\n    type: spooldir\n    path: " + path +
+                                      "\n    channels: [mem]\n"
+                                      "channels:\n  mem: {type: memory}\n"
+                                      "sinks:\n  out: {type: stdout, channel: mem}\n");
+    for (const char* verb : {"check", "run"}) {
+      auto r = runSluice({verb, "-c", dir.file("a.yaml")}, dir);
+      INFO(std::string(verb) << " " << path << ": " << r.err);
+      CHECK(r.code == 1);
+      CHECK(r.err.find(dir.file("a.yaml") + ":4:11: error: sources.spool.path: ") !=
+            std::string::npos);
+    }
+  }
 }

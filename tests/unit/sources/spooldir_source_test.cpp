@@ -2,18 +2,23 @@
 #include "source_fixture.h"
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <rapidcheck.h>
+#include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace sluice {
@@ -66,6 +71,7 @@ SpooldirConfig spoolConfig(const std::string& dir) {
   SpooldirConfig c;
   c.path = dir;
   c.poll_interval = Millis(20);
+  c.min_age = Millis(0);  // the tests that need it set it
   return c;
 }
 
@@ -164,42 +170,76 @@ TEST_CASE("spooldir: a crash between the last put and the rename only completes 
   CHECK(exists(dir.file("f.COMPLETED")));
 }
 
-TEST_CASE("spooldir: a file changed since its durable position fails; others go on") {
+TEST_CASE("spooldir: at restart a grown file resumes; a shrunk one fails; others go on") {
   SpoolTempDir dir;
   writeFile(dir.file("f"), "l1\nl2\n");
   struct stat st {};
   REQUIRE(::stat(dir.file("f").c_str(), &st) == 0);
   spool::Position p{dir.file("f"), spool::fileIdOf(st), 3};
-  writeFile(dir.file("f"), "l1\nl2\nl3 appended later\n");  // same inode, new size
   writeFile(dir.file("g"), "g1\n");
   Rig rig(spoolConfig(dir.path()));
   rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
-  rig.start();
-  REQUIRE(rig.waitCompleted(1));
-  CHECK(rig.ctx.bodies == Lines{"g1"});
-  CHECK(exists(dir.file("f.FAILED")));
-  CHECK(rig.ctx.count("FilesFailedCount") == 1);
+  SUBCASE("grown: the rest is read, counted") {
+    std::ofstream(dir.file("f"), std::ios::app) << "l3 appended later\n";  // same inode
+    rig.start();
+    REQUIRE(rig.waitCompleted(2));
+    CHECK(rig.ctx.bodies == Lines{"l2", "l3 appended later", "g1"});
+    CHECK(rig.ctx.count("FilesGrownCount") == 1);
+    CHECK(rig.ctx.count("FilesFailedCount") == 0);
+  }
+  SUBCASE("shrunk: failed") {
+    ::truncate(dir.file("f").c_str(), 4);
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    CHECK(rig.ctx.bodies == Lines{"g1"});
+    CHECK(exists(dir.file("f.FAILED")));
+    CHECK(rig.ctx.count("FilesFailedCount") == 1);
+  }
 }
 
-TEST_CASE("spooldir: a file that grows while it is read fails, the lines read stay") {
-  SpoolTempDir dir;
+// A file of 100000 numbered lines (more than one chunk) is placed and the source started; once
+// the first batch is in the source is refused (paused), `change` is applied, and room comes back.
+void changeWhilePaused(Rig& rig, const SpoolTempDir& dir, const std::function<void()>& change) {
   std::string big;
-  for (int i = 0; i < 100000; ++i) big += "line " + std::to_string(i) + "\n";  // > one chunk
+  for (int i = 0; i < 100000; ++i) big += "line " + std::to_string(i) + "\n";
   writeFile(dir.file("f"), big);
-  auto c = spoolConfig(dir.path());
-  c.batch_size = 10;
-  Rig rig(c);
   rig.ctx.refuse_every = 0;
   rig.start();
-  // Given the first batch is in, the source is refused (paused) ...
   REQUIRE(rig.loop.runUntil([&] { return rig.ctx.offers >= 1; }));
   rig.ctx.refuse = true;
   rig.loop.runUntil([&] { return rig.ctx.refused > 0; });
-  // ... when the file grows and room comes back,
-  std::ofstream(dir.file("f"), std::ios::app) << "late\n";
+  change();
   rig.ctx.refuse = false;
   rig.src->resume();
-  // then the file is failed, not completed.
+}
+
+TEST_CASE("spooldir: a file that grows while it is read: its new lines are read too") {
+  SpoolTempDir dir;
+  auto c = spoolConfig(dir.path());
+  c.batch_size = 10;
+  Rig rig(c);
+  // When the file grows while the source is held back,
+  changeWhilePaused(rig, dir, [&] { std::ofstream(dir.file("f"), std::ios::app) << "late\n"; });
+  // then every line is read, the late one too, and the growth is counted.
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(exists(dir.file("f.COMPLETED")));
+  CHECK(rig.ctx.count("FilesGrownCount") == 1);
+  CHECK(rig.ctx.count("FilesFailedCount") == 0);
+  Lines got = rig.ctx.bodies;
+  REQUIRE(got.size() == 100001);
+  for (size_t i = 0; i < 100000; ++i) REQUIRE(got[i] == "line " + std::to_string(i));
+  CHECK(got.back() == "late");
+}
+
+TEST_CASE("spooldir: a file rewritten in place while it is read fails, the lines read stay") {
+  SpoolTempDir dir;
+  auto c = spoolConfig(dir.path());
+  c.batch_size = 10;
+  Rig rig(c);
+  changeWhilePaused(rig, dir, [&] {
+    // Same size, new mtime: rewritten in place.
+    fs::last_write_time(dir.file("f"), fs::file_time_type::clock::now() - std::chrono::hours(2));
+  });
   REQUIRE(rig.loop.runUntil([&] { return rig.ctx.count("FilesFailedCount") == 1; }));
   CHECK(exists(dir.file("f.FAILED")));
   CHECK(rig.ctx.count("FilesCompletedCount") == 0);
@@ -494,6 +534,255 @@ TEST_CASE("spooldir: an empty completed_suffix refuses to spool; stop still comp
   rig.loop.runFor(60);
   CHECK(rig.ctx.bodies.empty());
   CHECK(exists(dir.file("f")));
+}
+
+TEST_CASE("spooldir: a file held open by a writer waits; one file, every line") {
+  // Given an application that keeps its log open in the spool directory (`exec 3>>app.log`),
+  SpoolTempDir dir;
+  auto c = spoolConfig(dir.path());
+  c.min_age = Millis(50);
+  Rig rig(c);
+  int fd = ::open(dir.file("app.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  REQUIRE(fd >= 0);
+  auto say = [&](const std::string& line) {
+    REQUIRE(::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()));
+  };
+  say("one\n");
+  {
+    int probe = ::open(dir.file("app.log").c_str(), O_RDONLY | O_CLOEXEC);
+    auto writers = spool::probeWriters(probe);
+    ::close(probe);
+    if (writers != spool::Writers::Some) {
+      ::close(fd);
+      MESSAGE("leases are not available here (fs.leases-enable, file system): not checked");
+      return;
+    }
+  }
+  rig.start();
+  // when it writes now and then, pausing longer than min_age,
+  for (int i = 0; i < 5; ++i) {
+    rig.loop.runFor(120);
+    say("line " + std::to_string(i) + "\n");
+  }
+  // then the file is not taken while it is open for writing,
+  CHECK(rig.ctx.bodies.empty());
+  CHECK(exists(dir.file("app.log")));
+  // and once it is closed, it is taken whole.
+  ::close(fd);
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(rig.ctx.bodies == Lines{"one", "line 0", "line 1", "line 2", "line 3", "line 4"});
+  CHECK(exists(dir.file("app.log.COMPLETED")));
+  CHECK(!exists(dir.file("app.log.1.COMPLETED")));
+}
+
+TEST_CASE("spooldir: a file reopened for every line is taken once it has settled") {
+  // An application that opens, appends and closes its log for each line: no writer is seen
+  // between lines, only min_age keeps the file from being taken in pieces.
+  SpoolTempDir dir;
+  auto c = spoolConfig(dir.path());
+  c.min_age = Millis(2000);  // far above a pause between two lines, even on a busy machine
+  Rig rig(c);
+  rig.start();
+  Lines want;
+  for (int i = 0; i < 40; ++i) {
+    want.push_back("line " + std::to_string(i));
+    std::ofstream(dir.file("app.log"), std::ios::app) << want.back() << "\n";
+    rig.loop.runFor(5);
+  }
+  REQUIRE(rig.waitCompleted(1));
+  rig.loop.runFor(50);
+  CHECK(rig.ctx.bodies == want);
+  CHECK(rig.ctx.count("FilesCompletedCount") == 1);
+  CHECK(exists(dir.file("app.log.COMPLETED")));
+}
+
+TEST_CASE("spooldir: a file that changes while its end waits for durability") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "1\n2\n");
+  auto c = spoolConfig(dir.path());
+  SUBCASE("renamed when completed") {}
+  SUBCASE("deleted when completed") { c.delete_policy = "immediate"; }
+  Rig rig(c);
+  rig.ctx.auto_durable = false;
+  rig.start();
+  // Given every line is read and the source waits for durability,
+  REQUIRE(rig.loop.runUntil([&] { return rig.ctx.bodies.size() == 2; }));
+  rig.loop.runFor(20);
+  auto completed = [&](uint64_t n) {
+    return rig.loop.runUntil([&] {
+      rig.ctx.makeDurable();
+      return rig.ctx.count("FilesCompletedCount") == n && rig.src->idle();
+    });
+  };
+  SUBCASE("it grows: the new lines are read before it is completed, counted") {
+    std::ofstream(dir.file("f"), std::ios::app) << "3\n";
+    REQUIRE(completed(1));
+    CHECK(rig.ctx.bodies == Lines{"1", "2", "3"});
+    CHECK(rig.ctx.count("FilesGrownCount") == 1);
+    CHECK(!exists(dir.file("f")));
+  }
+  SUBCASE("another file is renamed over it: not completed in its place, read as new") {
+    drop(rig.staging, dir.path(), "f", "new 1\n");
+    REQUIRE(completed(2));
+    CHECK(rig.ctx.bodies == Lines{"1", "2", "new 1"});
+    CHECK(rig.ctx.count("FilesReplacedCount") == 1);
+    CHECK(rig.ctx.count("FilesFailedCount") == 0);
+    if (c.delete_policy == "never") CHECK(readAll(dir.file("f.COMPLETED")) == "new 1\n");
+  }
+}
+
+TEST_CASE("spooldir: a file written to between the last look and the rename is quarantined") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "1\n2\n");
+  auto c = spoolConfig(dir.path());
+  SUBCASE("renamed") {}
+  SUBCASE("deleted") { c.delete_policy = "immediate"; }
+  Rig rig(c);
+  rig.src->setTestHook([&](SpooldirSource::TestPoint at, const std::string& path) {
+    if (at == SpooldirSource::TestPoint::BeforeComplete) {
+      std::ofstream(path, std::ios::app) << "too late\n";
+    }
+  });
+  rig.start();
+  REQUIRE(rig.loop.runUntil([&] { return rig.ctx.count("FilesFailedCount") == 1; }));
+  CHECK(rig.ctx.bodies == Lines{"1", "2"});
+  CHECK(readAll(dir.file("f.FAILED")) == "1\n2\ntoo late\n");  // kept, not completed nor deleted
+  CHECK(rig.ctx.count("FilesCompletedCount") == 0);
+  CHECK(!exists(dir.file("f.COMPLETED")));
+}
+
+TEST_CASE("spooldir: at restart a replaced file is read as a new file") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "l1\nl2\n");
+  struct stat st {};
+  REQUIRE(::stat(dir.file("f").c_str(), &st) == 0);
+  spool::Position p{dir.file("f"), spool::fileIdOf(st), 3};  // mid-file
+  Rig rig(spoolConfig(dir.path()));
+  drop(rig.staging, dir.path(), "f", "n1\nn2\nn3\n");  // another inode under the name
+  rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
+  rig.start();
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(rig.ctx.bodies == Lines{"n1", "n2", "n3"});
+  CHECK(rig.ctx.count("FilesReplacedCount") == 1);
+  CHECK(!exists(dir.file("f.FAILED")));
+}
+
+TEST_CASE("spooldir: a FIFO renamed in between the scan and the open does not block the loop") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "x\n");
+  writeFile(dir.file("g"), "g1\n");
+  fs::last_write_time(dir.file("f"), fs::file_time_type::clock::now() - std::chrono::hours(1));
+  Rig rig(spoolConfig(dir.path()));
+  std::string fifo = rig.staging.file("fifo");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // A timer armed right before the open must fire right after it: the loop is not held.
+  using Clock = std::chrono::steady_clock;
+  struct Tick {
+    uv_timer_t timer{};
+    Clock::time_point armed, fired;
+  } tick;
+  uv_timer_init(rig.loop.get(), &tick.timer);
+  tick.timer.data = &tick;
+  std::atomic<bool> done{false};
+  rig.src->setTestHook([&](SpooldirSource::TestPoint at, const std::string& path) {
+    if (at == SpooldirSource::TestPoint::BeforeOpen && path == dir.file("f")) {
+      fs::rename(fifo, path);
+      tick.armed = Clock::now();
+      uv_timer_start(
+          &tick.timer, [](uv_timer_t* t) { static_cast<Tick*>(t->data)->fired = Clock::now(); }, 0,
+          0);
+    }
+  });
+  // A blocking open would wait for a writer for ever: one comes after 5 s, so that a broken
+  // source fails the checks below instead of hanging the test run.
+  std::thread unblock([&] {
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (!done && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    while (!done) {
+      int fd = ::open(dir.file("f").c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd >= 0) ::close(fd);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  rig.start();
+  bool ok = rig.loop.runUntil([&] {
+    return rig.ctx.count("FilesFailedCount") == 1 && rig.ctx.count("FilesCompletedCount") == 1 &&
+           tick.fired != Clock::time_point{};
+  });
+  done = true;
+  unblock.join();
+  uv_close(reinterpret_cast<uv_handle_t*>(&tick.timer), nullptr);
+  CHECK(ok);
+  REQUIRE(tick.fired != Clock::time_point{});
+  CHECK(tick.fired - tick.armed < std::chrono::seconds(2));
+  CHECK(rig.ctx.bodies == Lines{"g1"});
+  struct stat st {};
+  REQUIRE(::lstat(dir.file("f.FAILED").c_str(), &st) == 0);  // quarantined
+  CHECK(S_ISFIFO(st.st_mode));
+}
+
+TEST_CASE("spooldir: a restart after a completed file resumes nothing") {
+  SpoolTempDir dir;
+  std::string content;
+  SUBCASE("an empty file") {}
+  SUBCASE("a file with a line") { content = "l1\n"; }
+  writeFile(dir.file("f"), content);
+  struct stat st {};
+  REQUIRE(::stat(dir.file("f").c_str(), &st) == 0);
+  spool::Position p{dir.file("f"), spool::fileIdOf(st), content.size()};  // its end
+  fs::rename(dir.file("f"), dir.file("f.COMPLETED"));                     // and completed
+  std::ostringstream log;
+  auto previous = spdlog::default_logger();
+  auto logger = std::make_shared<spdlog::logger>(
+      "spool_capture", std::make_shared<spdlog::sinks::ostream_sink_st>(log));
+  spdlog::set_default_logger(logger);
+  {
+    Rig rig(spoolConfig(dir.path()));
+    rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
+    rig.start();
+    writeFile(dir.file("g"), "g1\n");
+    REQUIRE(rig.waitCompleted(1));
+    CHECK(rig.ctx.bodies == Lines{"g1"});
+  }
+  spdlog::set_default_logger(previous);
+  CHECK(log.str().find("resuming") == std::string::npos);
+  CHECK(log.str().find("from byte") == std::string::npos);
+}
+
+TEST_CASE("spooldir: validation refuses a spool directory that cannot be used") {
+  SpoolTempDir dir;
+  auto c = spoolConfig(dir.path());
+  CHECK(validateSpooldirConfig(c).empty());
+  auto keys = [](const ConfigErrors& errors) {
+    std::vector<std::string> out;
+    for (const auto& e : errors) out.push_back(e.first);
+    return out;
+  };
+  c.path = dir.file("missing");
+  CHECK(keys(validateSpooldirConfig(c)) == std::vector<std::string>{"path"});
+  writeFile(dir.file("plain"), "");
+  c.path = dir.file("plain");
+  CHECK(keys(validateSpooldirConfig(c)) == std::vector<std::string>{"path"});
+  if (geteuid() != 0) {
+    fs::create_directory(dir.file("closed"));
+    ::chmod(dir.file("closed").c_str(), 0);
+    c.path = dir.file("closed");
+    CHECK(keys(validateSpooldirConfig(c)) == std::vector<std::string>{"path"});
+  }
+  c.path = dir.path();
+  c.completed_suffix = "";
+  CHECK(keys(validateSpooldirConfig(c)) == std::vector<std::string>{"completed_suffix"});
+
+  // Through the registry, as `sluice check`, reload and run use it.
+  Registry reg;
+  registerSpooldirSource(reg);
+  const ComponentType* type = reg.find(Kind::Source, "spooldir");
+  REQUIRE(type);
+  REQUIRE(type->validate);
+  c = spoolConfig(dir.file("missing"));
+  CHECK(keys(type->validate(std::any(c))) == std::vector<std::string>{"path"});
 }
 
 TEST_CASE("spooldir: position values round-trip; garbage is refused") {
