@@ -85,6 +85,51 @@ TEST_CASE("health: a syslog port in use fails the start, naming the listener and
   close(holder);
 }
 
+TEST_CASE("health: after a reload a syslog port in use is retried and named, not fatal") {
+  TempDir dir;
+  int first = 0, second = 0;
+  close(holdTcpPort(first));  // free a moment ago
+  int holder = holdTcpPort(second);
+  auto config = [&](int port) {
+    return "agent:\n  status: 127.0.0.1:0\n"
+           "sources:\n  sys:\n    type: syslog\n    listeners: [tcp://127.0.0.1:" +
+           std::to_string(port) +
+           "]\n    channels: [mem]\n"
+           "channels:\n  mem:\n    type: memory\n"
+           "sinks:\n  out:\n    type: stdout\n    channel: mem\n";
+  };
+  writeFile(dir.file("a.yaml"), config(first));
+  Process agent({sluiceBinary(), "run", "-c", dir.file("a.yaml")}, dir.path());
+  INFO(agent.err());
+  REQUIRE(waitFor([&] { return health(agent).status == 200; }, 20s));
+
+  // The reload moves the listener to a port in use: the agent runs on and names the source.
+  writeFile(dir.file("a.yaml"), config(second));
+  agent.signal(SIGHUP);
+  REQUIRE(waitFor(
+      [&] {
+        auto h = health(agent);
+        return h.status == 503 && h.names("source", "sys");
+      },
+      20s));
+  std::string reason;
+  auto failing = health(agent);
+  INFO(failing.doc.dump());
+  for (const auto& p : failing.doc["problems"]) {
+    if (p["component"] == "source") reason = p["reason"].get<std::string>();
+  }
+  CHECK(reason.find("address already in use") != std::string::npos);
+  CHECK(agent.running());
+
+  // Once the port is free the listener binds it and /health is 200 again.
+  close(holder);
+  REQUIRE(waitFor([&] { return health(agent).status == 200; }, 60s));
+  CHECK(agent.err().find("listening again on tcp://127.0.0.1:" + std::to_string(second)) !=
+        std::string::npos);
+  agent.signal(SIGTERM);
+  CHECK(agent.wait(30s) == 0);
+}
+
 TEST_CASE("health: a channel below min_free_bytes is named in /health and logged once") {
   TempDir dir;
   writeFile(dir.file("a.yaml"),
