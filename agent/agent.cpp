@@ -617,7 +617,7 @@ std::vector<HealthProblem> Agent::healthProblems() const {
   if (starting_) {
     out.push_back({agent, config_.agent.name, "starting"});
   } else if (stopping_) {
-    out.push_back({agent, config_.agent.name, "draining: stopping"});
+    out.push_back({agent, config_.agent.name, "draining"});
   } else {
     std::vector<std::string> waiting;
     for (const auto& [name, g] : groups_) {
