@@ -14,6 +14,18 @@ namespace sluice {
 namespace {
 // How long deliveries in flight may still take once the drain is over.
 constexpr Millis kHardStopGrace{10'000};
+
+// "20.0 MiB", "1000.0 TiB": free space and thresholds in log lines and health reasons.
+std::string humanBytes(uint64_t bytes) {
+  static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(bytes);
+  size_t u = 0;
+  while (v >= 1024 && u + 1 < std::size(units)) {
+    v /= 1024;
+    ++u;
+  }
+  return fmt::format("{:.1f} {}", v, units[u]);
+}
 }  // namespace
 
 Agent::Agent(const Registry& registry, std::string config_path)
@@ -422,12 +434,15 @@ uint64_t Agent::pendingEvents() const {
   return n;
 }
 
-void Agent::beginShutdown() {
+void Agent::beginShutdown(bool drain) {
   stopping_ = true;
   notifier_->stopping();
-  drain_deadline_ms_ = uv_now(&loop_) + static_cast<uint64_t>(config_.agent.drain_timeout.count());
-  spdlog::info("stopping: sources first, then draining channels (at most {})",
-               formatDuration(config_.agent.drain_timeout));
+  drain_deadline_ms_ = uv_now(&loop_);
+  if (drain) {
+    drain_deadline_ms_ += static_cast<uint64_t>(config_.agent.drain_timeout.count());
+    spdlog::info("stopping: sources first, then draining channels (at most {})",
+                 formatDuration(config_.agent.drain_timeout));
+  }
   for (auto& [name, entry] : sources_) {
     entry.pending.reset();
     if (entry.running) stopSource(std::move(entry.running), nullptr);
@@ -442,9 +457,10 @@ void Agent::checkDrained() {
   bool timed_out = uv_now(&loop_) >= drain_deadline_ms_;
   if (!sources_stopped && !timed_out) return;
   if (pending > 0 && !timed_out) return;
-  if (pending > 0) {
-    spdlog::error("drain timeout: {} events were not delivered; those in memory channels are lost",
-                  pending);
+  if (pending > 0 && starting_) {
+    spdlog::info("{} events wait in the channels: {}", pending, undeliveredReport());
+  } else if (pending > 0) {
+    spdlog::error("drain timeout: {} events were not delivered: {}", pending, undeliveredReport());
   }
   finishShutdown(pending > 0);
 }
@@ -520,9 +536,135 @@ void Agent::onSignal(uv_signal_t* handle, int signum) {
   self->beginShutdown();
 }
 
+std::string Agent::undeliveredReport() const {
+  // Per channel, the events some consumer has not delivered: the largest lag among its groups.
+  std::map<std::string, std::pair<ChannelPtr, uint64_t>> owed;
+  auto note = [&](const std::string& channel_name, const ChannelPtr& channel, uint64_t lag) {
+    auto& [ptr, n] = owed[channel_name];
+    ptr = channel;
+    n = std::max(n, lag);
+  };
+  for (const auto& [name, g] : groups_) {
+    if (!g.channel || g.sinks.empty()) continue;
+    uint64_t lag = g.running ? g.running->lag() : g.channel->cursor(name).lag();
+    note(g.sinks.front().common.channel, g.channel, lag);
+  }
+  for (const auto& r : retiring_) {
+    for (const auto& g : r.groups) note(r.name, r.channel, g->lag());
+  }
+  std::string out;
+  for (const auto& [name, entry] : owed) {
+    const auto& [channel, n] = entry;
+    if (n == 0) continue;
+    auto where = channel->stats().location;
+    if (!out.empty()) out += "; ";
+    if (where.empty()) {
+      out += fmt::format("{} in memory channel '{}' are lost", n, name);
+    } else {
+      out += fmt::format("{} stay in file channel '{}' ({}) and are sent after the next start", n,
+                         name, where);
+    }
+  }
+  return out;
+}
+
+void Agent::watchHealth() {
+  uint64_t now = uv_now(&loop_);
+  auto stall_after = static_cast<uint64_t>(config_.agent.stall_after.count());
+  for (auto it = stalls_.begin(); it != stalls_.end();) {
+    auto g = groups_.find(it->first);
+    it = (g == groups_.end() || !g->second.running) ? stalls_.erase(it) : std::next(it);
+  }
+  for (const auto& [name, g] : groups_) {
+    if (!g.running) continue;
+    uint64_t delivered = 0;
+    for (const auto& m : g.running->members()) delivered += m->successes->value();
+    uint64_t lag = g.running->lag();
+    auto& st = stalls_[name];
+    st.waited_ms = st.watch.update(now, lag, delivered);
+    if (st.waited_ms >= stall_after && !st.logged) {
+      st.logged = true;
+      spdlog::error("sink group {}: {} events wait and nothing was delivered for {}", name, lag,
+                    formatDuration(Millis(st.waited_ms / 1000 * 1000)));
+    } else if (st.waited_ms == 0 && st.logged) {
+      st.logged = false;
+      spdlog::info("sink group {}: delivering again", name);
+    }
+  }
+  for (auto it = low_space_.begin(); it != low_space_.end();) {
+    it = channels_.count(it->first) ? std::next(it) : low_space_.erase(it);
+  }
+  for (const auto& [name, entry] : channels_) {
+    auto st = entry.channel->stats();
+    bool low = st.min_free_bytes > 0 && st.free_bytes < st.min_free_bytes;
+    bool& was = low_space_[name];
+    if (low && !was) {
+      spdlog::error(
+          "channel {}: {} free on the volume of {}, below min_free_bytes ({}): it accepts no "
+          "events until space is freed or min_free_bytes is lowered",
+          name, humanBytes(st.free_bytes), st.location, humanBytes(st.min_free_bytes));
+    } else if (!low && was) {
+      spdlog::info("channel {}: free space is above min_free_bytes again ({} free)", name,
+                   humanBytes(st.free_bytes));
+    }
+    was = low;
+  }
+}
+
+std::vector<HealthProblem> Agent::healthProblems() const {
+  std::vector<HealthProblem> out;
+  const std::string agent = "agent";
+  if (starting_) {
+    out.push_back({agent, config_.agent.name, "starting"});
+  } else if (stopping_) {
+    out.push_back({agent, config_.agent.name, "draining"});
+  } else {
+    std::vector<std::string> waiting;
+    for (const auto& [name, g] : groups_) {
+      if (g.wanted && g.pending && !g.running) waiting.push_back("sink group " + name);
+    }
+    for (const auto& [name, src] : sources_) {
+      if (src.wanted && src.pending && !src.running) waiting.push_back("source " + name);
+    }
+    if (!waiting.empty()) {
+      std::string list;
+      for (const auto& w : waiting) list += (list.empty() ? "" : ", ") + w;
+      out.push_back({agent, config_.agent.name,
+                     "reloading: waiting for the old instances of " + list + " to stop"});
+    }
+  }
+  for (const auto& [name, src] : sources_) {
+    if (!src.running) continue;
+    for (const auto& [key, text] : src.running->problems()) out.push_back({"source", name, text});
+  }
+  auto stall_after = static_cast<uint64_t>(config_.agent.stall_after.count());
+  for (const auto& [name, st] : stalls_) {
+    if (st.waited_ms < stall_after) continue;
+    auto g = groups_.find(name);
+    if (g == groups_.end() || !g->second.running) continue;
+    out.push_back({g->second.spec.implicit ? "sink" : "sink_group", name,
+                   fmt::format("{} events wait and nothing was delivered for {} s",
+                               g->second.running->lag(), st.waited_ms / 1000)});
+  }
+  for (const auto& [name, low] : low_space_) {
+    auto c = channels_.find(name);
+    if (!low || c == channels_.end()) continue;
+    auto st = c->second.channel->stats();
+    out.push_back(
+        {"channel", name,
+         fmt::format("{} free in {}, below min_free_bytes ({}): it accepts no events",
+                     humanBytes(st.free_bytes), st.location, humanBytes(st.min_free_bytes))});
+  }
+  return out;
+}
+
 std::string Agent::healthJson() const {
+  auto problems = healthProblems();
   nlohmann::ordered_json j;
-  j["status"] = stopping_ ? "stopping" : "ok";
+  j["status"] = starting_          ? "starting"
+                : stopping_        ? "draining"
+                : problems.empty() ? "ok"
+                                   : "failing";
   j["agent"] = config_.agent.name;
   j["version"] = SLUICE_VERSION;
   j["uptime_seconds"] = (uv_now(const_cast<uv_loop_t*>(&loop_)) - started_ms_) / 1000;
@@ -537,7 +679,35 @@ std::string Agent::healthJson() const {
       groups[name] = {{"lag", g.running->lag()}, {"in_flight", g.running->inFlight()}};
     }
   }
+  auto& list = j["problems"] = nlohmann::ordered_json::array();
+  for (const auto& p : problems) {
+    list.push_back({{"component", p.component}, {"name", p.name}, {"reason", p.reason}});
+  }
   return j.dump(2) + "\n";
+}
+
+void Agent::checkStarted() {
+  if (stopping_) return;
+  std::vector<std::string> failed;
+  for (const auto& [name, entry] : sources_) {
+    if (!entry.running) continue;
+    for (const auto& [key, text] : entry.running->problems()) {
+      failed.push_back("source " + name + ": " + text);
+    }
+  }
+  if (!failed.empty()) {
+    for (const auto& f : failed) spdlog::error("start failed: {}", f);
+    spdlog::error("start failed: {} could not start; exiting",
+                  failed.size() == 1 ? "a source" : "sources");
+    exit_code_ = 1;
+    beginShutdown(false);
+    return;
+  }
+  starting_ = false;
+  watchHealth();
+  notifier_->ready();
+  spdlog::info("sluice {} started: {} sources, {} channels, {} sink groups", SLUICE_VERSION,
+               config_.sources.size(), config_.channels.size(), config_.groups.size());
 }
 
 void Agent::startStatus() {
@@ -549,7 +719,8 @@ void Agent::startStatus() {
   if (status_) retire(std::move(status_));
   if (config_.agent.status.empty()) return;
   status_ = std::make_unique<StatusServer>(
-      &loop_, metrics_, [this] { return healthJson(); }, [this] { return !stopping_; });
+      &loop_, metrics_, [this] { return healthJson(); },
+      [this] { return healthProblems().empty(); });
   auto err = status_->listen(config_.agent.status);
   if (!err.empty()) {
     spdlog::error("status server on {}: {}", config_.agent.status, err);
@@ -571,6 +742,7 @@ int Agent::run(Config config) {
       &tick_,
       [](uv_timer_t* t) {
         auto* self = static_cast<Agent*>(t->data);
+        self->watchHealth();
         if (self->stopping_) {
           self->checkDrained();
         } else {
@@ -579,9 +751,8 @@ int Agent::run(Config config) {
       },
       50, 50);
   notifier_->startWatchdog(&loop_, config_.agent.watchdog_interval);
-  notifier_->ready();
-  spdlog::info("sluice {} started: {} sources, {} channels, {} sink groups", SLUICE_VERSION,
-               config_.sources.size(), config_.channels.size(), config_.groups.size());
+  // The components start from the loop (deferred by apply); this runs after them.
+  later([this] { checkStarted(); });
   uv_run(&loop_, UV_RUN_DEFAULT);
   return exit_code_;
 }

@@ -13,6 +13,12 @@
 //            the channels until every cursor is caught up or agent.drain_timeout passes, stop
 //            the sink groups (waiting for deliveries in flight), exit 0. A second signal exits
 //            at once.
+//
+// Health (/health, health.h): 503 while starting, while a reload waits for old instances to
+// stop, while draining, and while any component has a problem; 200 otherwise. A source that
+// reports a problem during the first start (a syslog listener whose port is in use) fails the
+// start: the agent logs why and exits 1, as for a status port in use. After that, the source
+// keeps trying and /health names it until it works.
 
 #include <uv.h>
 
@@ -23,6 +29,7 @@
 #include <vector>
 
 #include "agent/config.h"
+#include "agent/health.h"
 #include "agent/metrics.h"
 #include "agent/registry.h"
 #include "agent/sink_group.h"
@@ -95,7 +102,15 @@ class Agent {
   void stopThenDelete(std::unique_ptr<T> component, std::function<void()> then);
 
   void reload();
-  void beginShutdown();
+  // `drain` false: the start failed; nothing is waited for.
+  void beginShutdown(bool drain = true);
+  // After the first start of every component: a source that reported a problem fails the start.
+  void checkStarted();
+  // Each tick: sink group progress and channel free space (logged when they change).
+  void watchHealth();
+  std::vector<HealthProblem> healthProblems() const;
+  // What a drain that timed out leaves behind, per channel: kept on disk or lost.
+  std::string undeliveredReport() const;
   void checkDrained();
   // `cancel`: the drain timed out; sinks are asked to answer their deliveries now.
   void finishShutdown(bool cancel);
@@ -125,12 +140,20 @@ class Agent {
   std::unique_ptr<StatusServer> status_;
   std::unique_ptr<SystemdNotifier> notifier_;
 
+  bool starting_ = true;    // until every component of the first configuration started
   bool stopping_ = false;   // SIGTERM received: sources stopped, draining
   bool finishing_ = false;  // drain over: sink groups stopping, nothing new starts
   uint64_t drain_deadline_ms_ = 0;
   size_t pending_stops_ = 0;
   int exit_code_ = 0;
   uint64_t started_ms_ = 0;
+  struct Stall {
+    StallWatch watch;
+    uint64_t waited_ms = 0;  // events have waited this long with nothing delivered
+    bool logged = false;
+  };
+  std::map<std::string, Stall> stalls_;    // by sink group
+  std::map<std::string, bool> low_space_;  // by channel: below min_free_bytes (logged once)
 };
 
 }  // namespace sluice

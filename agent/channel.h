@@ -109,6 +109,13 @@ struct ChannelStats {
   uint64_t bytes = 0;
   uint64_t capacity_events = 0;  // 0: unbounded in events
   uint64_t capacity_bytes = 0;   // 0: unbounded in bytes
+  // Where the events are kept durably (a file channel's directory); empty: in memory only, lost
+  // when the process ends.
+  std::string location;
+  // A channel that needs free space on a volume (min_free_bytes > 0) accepts nothing while
+  // free_bytes is below it; /health reports that.
+  uint64_t free_bytes = 0;
+  uint64_t min_free_bytes = 0;
 };
 
 class Channel {

@@ -29,6 +29,9 @@ const OptionTable<AgentSettings>& agentTable() {
     t.duration("watchdog_interval", &AgentSettings::watchdog_interval, "0", Millis(0),
                Millis(3'600'000),
                "Interval of systemd watchdog pings; 0 means half of systemd's WatchdogSec.");
+    t.duration("stall_after", &AgentSettings::stall_after, "60s", Millis(1000), Millis(86'400'000),
+               "/health answers 503 for a sink group whose channel holds events for it while its "
+               "sinks delivered none for this long.");
     return t;
   }();
   return table;

@@ -1,6 +1,5 @@
 // sluice: the command line. run, check, schema, version.
 
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
@@ -9,20 +8,12 @@
 
 #include "agent/agent.h"
 #include "agent/config.h"
+#include "agent/logging.h"
 #include "agent/registry.h"
 #include "agent/schema.h"
 #include "channels/file/file_inspect.h"
 
 namespace {
-
-void setUpLogging(const std::string& level) {
-  // stderr only: under systemd the journal picks it up; stdout belongs to the stdout sink.
-  auto logger = spdlog::stderr_color_mt("sluice");
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%l%$ %v");
-  spdlog::set_default_logger(logger);
-  spdlog::set_level(spdlog::level::from_str(level));
-  spdlog::flush_on(spdlog::level::info);
-}
 
 // Loads and checks a configuration file; prints every diagnostic to stderr.
 std::optional<sluice::Config> load(const std::string& path, const sluice::Registry& registry) {
@@ -72,7 +63,7 @@ int main(int argc, char** argv) {
   }
 
   CLI11_PARSE(app, argc, argv);
-  setUpLogging(log_level);
+  sluice::setUpLogging(log_level);
 
   sluice::Registry registry;
   sluice::registerBuiltins(registry);

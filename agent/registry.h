@@ -30,6 +30,7 @@ struct AgentSettings {
   std::string status;  // host:port of the status server; empty: off
   Millis drain_timeout{};
   Millis watchdog_interval{};
+  Millis stall_after{};  // /health fails a sink group that delivered nothing this long
   bool operator==(const AgentSettings&) const = default;
 };
 

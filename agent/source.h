@@ -56,6 +56,15 @@ class SourceContext {
   // channel keeps them (memory channels). nullopt: the context cannot tell (test doubles), and
   // the source learns it from durablePositions().
   virtual std::optional<bool> keepsPositions() { return std::nullopt; }
+  // Health: the source reports what keeps it from working (a listener that could not bind, say),
+  // one text per key, and clears the key once it works again. While a problem is reported,
+  // /health answers 503 naming it; a problem reported by the first start of the agent's sources
+  // fails the start. The default (test doubles) ignores them.
+  virtual void reportProblem(const std::string& key, const std::string& text) {
+    (void)key;
+    (void)text;
+  }
+  virtual void clearProblem(const std::string& key) { (void)key; }
   // The source's metric set; the context already counts EventReceivedCount/EventAcceptedCount.
   virtual MetricSet& metrics() = 0;
   virtual const std::string& name() const = 0;

@@ -115,6 +115,13 @@ class SourceRunner : public SourceContext {
     return OfferResult::Accepted;
   }
 
+  void reportProblem(const std::string& key, const std::string& text) override {
+    problems_[key] = text;
+  }
+  void clearProblem(const std::string& key) override { problems_.erase(key); }
+  // What the source reports as keeping it from working, by key (reportProblem).
+  const std::map<std::string, std::string>& problems() const { return problems_; }
+
   std::optional<bool> keepsPositions() override {
     for (auto& ch : channels_) {
       if (ch->keepsPositions()) return true;
@@ -307,7 +314,8 @@ class SourceRunner : public SourceContext {
     bool in_flight = false;  // a positions-only put is not durable yet
   };
   std::vector<PositionsOnly> positions_only_;  // per channel
-  uint64_t positions_gen_ = 0;                 // bumped when the channels change
+  std::map<std::string, std::string> problems_;
+  uint64_t positions_gen_ = 0;  // bumped when the channels change
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 

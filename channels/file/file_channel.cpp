@@ -902,6 +902,9 @@ ChannelStats FileChannel::stats() const {
   s.events = tail_pos_ - heldLow();
   s.bytes = disk_bytes_;
   s.capacity_bytes = config_.max_bytes;
+  s.location = dir_;
+  s.free_bytes = free_bytes_.load();
+  s.min_free_bytes = config_.min_free_bytes;
   return s;
 }
 

@@ -25,6 +25,9 @@ constexpr size_t kDatagramsPerRead = 16;
 constexpr int kBacklog = 128;
 // Datagrams read from a Unix socket per poll callback: other handles get their turn.
 constexpr int kUnixReadsPerWakeup = 64;
+// A listener that cannot bind or was lost is tried again after this, doubling up to the maximum.
+constexpr uint64_t kRetryFirstMs = 500;
+constexpr uint64_t kRetryMaxMs = 30'000;
 
 std::string opensslError() {
   std::string out;
@@ -76,6 +79,8 @@ struct SyslogSource::Listener {
   uv_poll_t poll{};
   int unix_fd = -1;
   bool open = false;
+  bool closing = false;  // its handle is closing: not to be opened again before it is closed
+  bool failed = false;   // not listening: reported as a problem, tried again by the retry timer
   int bound_port = 0;
 };
 
@@ -104,6 +109,14 @@ struct SyslogSource::Connection : private FrameSink {
     self->addMessage(frame, truncated, ip, port);
   }
 };
+
+// Accept errors that say nothing about the listening socket itself (out of descriptors or
+// memory, a connection aborted before it was accepted): the listener stays.
+static bool acceptErrorIsPassing(int status) {
+  return status == UV_EMFILE || status == UV_ENFILE || status == UV_ENOBUFS ||
+         status == UV_ENOMEM || status == UV_ECONNABORTED || status == UV_EAGAIN ||
+         status == UV_EINTR;
+}
 
 // ---- configuration ----
 
@@ -360,6 +373,9 @@ void SyslogSource::start(SourceContext& ctx) {
   uv_timer_init(loop_, &batch_timer_);
   batch_timer_.data = this;
   ++open_handles_;
+  uv_timer_init(loop_, &retry_timer_);
+  retry_timer_.data = this;
+  ++open_handles_;
   for (const auto& a : addresses_) {
     auto l = std::make_unique<Listener>();
     l->self = this;
@@ -369,13 +385,85 @@ void SyslogSource::start(SourceContext& ctx) {
   for (auto& l : listeners_) openListener(*l);
 }
 
+std::string SyslogSource::listenerUrl(const SyslogListenerAddress& a) {
+  switch (a.kind) {
+    case SyslogListenerAddress::Kind::Unix:
+      return "unix://" + a.path;
+    case SyslogListenerAddress::Kind::Udp:
+      return "udp://" + a.host + ":" + std::to_string(a.port);
+    case SyslogListenerAddress::Kind::Tcp:
+      return "tcp://" + a.host + ":" + std::to_string(a.port);
+    case SyslogListenerAddress::Kind::Tls:
+      return "tls://" + a.host + ":" + std::to_string(a.port);
+  }
+  return {};
+}
+
+void SyslogSource::listenerFailed(Listener& l, const std::string& what, int rc) {
+  counters_.listener_errors->inc();
+  std::string text = what + (rc < 0 ? std::string(": ") + uv_strerror(rc) : std::string());
+  // Logged when it starts failing; further failed attempts only count.
+  if (!l.failed) {
+    spdlog::error("syslog source '{}': {}; trying again, every {} s at most", ctx_->name(), text,
+                  kRetryMaxMs / 1000);
+  }
+  l.failed = true;
+  l.bound_port = 0;
+  ctx_->reportProblem(listenerUrl(l.addr), text);
+  scheduleRetry();
+}
+
+void SyslogSource::loseListener(Listener& l, const std::string& what, int rc) {
+  if (!l.open || stopping_) return;
+  l.open = false;
+  l.closing = true;
+  switch (l.addr.kind) {
+    case SyslogListenerAddress::Kind::Udp:
+      closeHandle(reinterpret_cast<uv_handle_t*>(&l.udp));
+      break;
+    case SyslogListenerAddress::Kind::Tcp:
+    case SyslogListenerAddress::Kind::Tls:
+      closeHandle(reinterpret_cast<uv_handle_t*>(&l.tcp));
+      break;
+    case SyslogListenerAddress::Kind::Unix:
+      uv_poll_stop(&l.poll);
+      closeHandle(reinterpret_cast<uv_handle_t*>(&l.poll));
+      break;
+  }
+  listenerFailed(l, what, rc);
+}
+
+void SyslogSource::scheduleRetry() {
+  if (stopping_ || uv_is_active(reinterpret_cast<uv_handle_t*>(&retry_timer_))) return;
+  uv_timer_start(
+      &retry_timer_, [](uv_timer_t* t) { static_cast<SyslogSource*>(t->data)->retryListeners(); },
+      retry_ms_, 0);
+}
+
+void SyslogSource::retryListeners() {
+  if (stopping_) return;
+  bool waiting = false;
+  for (auto& l : listeners_) {
+    if (!l->failed) continue;
+    if (l->closing) {
+      waiting = true;  // its old handle is still closing: next round
+      continue;
+    }
+    openListener(*l);
+    waiting = waiting || l->failed;
+  }
+  if (!waiting) {
+    retry_ms_ = kRetryFirstMs;
+    return;
+  }
+  retry_ms_ = std::min(retry_ms_ * 2, kRetryMaxMs);
+  scheduleRetry();
+}
+
 void SyslogSource::openListener(Listener& l) {
   const auto& a = l.addr;
   const std::string name = ctx_->name();
-  auto fail = [&](const std::string& what, int rc) {
-    counters_.listener_errors->inc();
-    spdlog::error("syslog source '{}': {}: {}", name, what, rc < 0 ? uv_strerror(rc) : "");
-  };
+  auto fail = [&](const std::string& what, int rc) { listenerFailed(l, what, rc); };
   if (a.kind == SyslogListenerAddress::Kind::Unix) {
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -406,7 +494,10 @@ void SyslogSource::openListener(Listener& l) {
     ++open_handles_;
     uv_poll_start(&l.poll, UV_READABLE, [](uv_poll_t* h, int status, int) {
       auto* lis = static_cast<Listener*>(h->data);
-      if (status < 0) return;
+      if (status < 0) {
+        lis->self->loseListener(*lis, "lost unix://" + lis->addr.path, status);
+        return;
+      }
       SyslogSource* self = lis->self;
       for (int i = 0; i < kUnixReadsPerWakeup && lis->open; ++i) {
         ssize_t n = recv(lis->unix_fd, self->datagram_buf_.data(), kDatagramBytes, MSG_TRUNC);
@@ -418,17 +509,14 @@ void SyslogSource::openListener(Listener& l) {
         self->onDatagram(data, nullptr, cut);
       }
     });
-    spdlog::info("syslog source '{}': listening on unix://{}", name, a.path);
+    listenerUp(l);
     return;
   }
 
   struct sockaddr_storage ss;
   socketAddress(a, ss);
   const auto* sa = reinterpret_cast<const struct sockaddr*>(&ss);
-  std::string url = (a.kind == SyslogListenerAddress::Kind::Udp   ? "udp://"
-                     : a.kind == SyslogListenerAddress::Kind::Tcp ? "tcp://"
-                                                                  : "tls://") +
-                    a.host + ":" + std::to_string(a.port);
+  std::string url = listenerUrl(a);
   if (a.kind == SyslogListenerAddress::Kind::Udp) {
     int rc = uv_udp_init_ex(loop_, &l.udp, AF_UNSPEC | UV_UDP_RECVMMSG);
     if (rc != 0) {
@@ -473,9 +561,10 @@ void SyslogSource::openListener(Listener& l) {
           });
     }
     if (rc != 0) {
-      fail("cannot listen on " + url, rc);
       closeHandle(reinterpret_cast<uv_handle_t*>(&l.udp));
       l.open = false;
+      l.closing = true;
+      fail("cannot listen on " + url, rc);
       return;
     }
     struct sockaddr_storage bound;
@@ -495,6 +584,10 @@ void SyslogSource::openListener(Listener& l) {
                      [](uv_stream_t* server, int status) {
                        auto* lis = static_cast<Listener*>(server->data);
                        if (status < 0) {
+                         if (!acceptErrorIsPassing(status)) {
+                           lis->self->loseListener(*lis, "lost " + listenerUrl(lis->addr), status);
+                           return;
+                         }
                          spdlog::warn("syslog source '{}': accept: {}", lis->self->ctx_->name(),
                                       uv_strerror(status));
                          return;
@@ -503,9 +596,10 @@ void SyslogSource::openListener(Listener& l) {
                      });
     }
     if (rc != 0) {
-      fail("cannot listen on " + url, rc);
       closeHandle(reinterpret_cast<uv_handle_t*>(&l.tcp));
       l.open = false;
+      l.closing = true;
+      fail("cannot listen on " + url, rc);
       return;
     }
     struct sockaddr_storage bound;
@@ -515,7 +609,21 @@ void SyslogSource::openListener(Listener& l) {
     addressText(reinterpret_cast<struct sockaddr*>(&bound), ip, port);
     l.bound_port = std::atoi(port.c_str());
   }
-  spdlog::info("syslog source '{}': listening on {} (port {})", name, url, l.bound_port);
+  listenerUp(l);
+}
+
+void SyslogSource::listenerUp(Listener& l) {
+  std::string url = listenerUrl(l.addr);
+  std::string port = l.addr.kind == SyslogListenerAddress::Kind::Unix
+                         ? ""
+                         : fmt::format(" (port {})", l.bound_port);
+  if (l.failed) {
+    l.failed = false;
+    ctx_->clearProblem(url);
+    spdlog::info("syslog source '{}': listening again on {}{}", ctx_->name(), url, port);
+  } else {
+    spdlog::info("syslog source '{}': listening on {}{}", ctx_->name(), url, port);
+  }
 }
 
 void SyslogSource::reload() {
@@ -830,6 +938,7 @@ void SyslogSource::stop(std::function<void()> done) {
     return;
   }
   done_ = std::move(done);
+  closeHandle(reinterpret_cast<uv_handle_t*>(&retry_timer_));
   for (auto& l : listeners_) {
     if (!l->open) continue;
     l->open = false;
@@ -882,6 +991,7 @@ void SyslogSource::closeCallback(uv_handle_t* handle) {
   } else {
     auto* l = static_cast<Listener*>(handle->data);
     self = l->self;
+    l->closing = false;
     if (l->unix_fd >= 0) {
       ::close(l->unix_fd);
       l->unix_fd = -1;

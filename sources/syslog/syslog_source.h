@@ -22,6 +22,13 @@
 // backpressure), max_message_size (longer messages are cut and marked incomplete), max_buffer
 // (bytes one connection may hold for an unfinished frame: frames are also cut at this size).
 //
+// Listeners: one that cannot bind or listen (its port in use, say), or whose socket fails later,
+// is reported to the context as a problem (SourceContext::reportProblem, keyed by its URL:
+// /health names it, and the agent fails its start over it), logged once, counted in
+// ListenerErrorCount and tried again after 0.5 s, doubling up to 30 s; once it listens the
+// problem is cleared. Accept errors that concern one connection (EMFILE, ECONNABORTED) are not
+// a lost listener.
+//
 // stop() closes the listeners and connections (a partial last frame of each connection is
 // kept), offers what is held once more (counting what is refused as dropped), closes every
 // handle and then calls done.
@@ -135,6 +142,14 @@ class SyslogSource final : public Source {
                SyslogTimeZone rfc3164_zone);
 
   void openListener(Listener& l);
+  void listenerUp(Listener& l);
+  // A listener that could not bind or listen, or was lost: counted, logged once, reported to the
+  // context as a problem keyed by its URL, and tried again by the retry timer.
+  void listenerFailed(Listener& l, const std::string& what, int rc);
+  void loseListener(Listener& l, const std::string& what, int rc);
+  void scheduleRetry();
+  void retryListeners();
+  static std::string listenerUrl(const SyslogListenerAddress& a);
   void onAccept(Listener& l);
   // One UDP or Unix datagram; `truncated` when it did not fit the receive buffer.
   void onDatagram(std::string_view data, const struct sockaddr* addr, bool truncated);
@@ -172,6 +187,8 @@ class SyslogSource final : public Source {
   Batch pending_;  // refused by the context; offered again on resume()
   bool blocked_ = false;
   uv_timer_t batch_timer_{};
+  uv_timer_t retry_timer_{};  // opens failed listeners again
+  uint64_t retry_ms_ = 500;   // the next retry's delay: doubles per failed round
   std::vector<char> datagram_buf_;
   std::unique_ptr<char[]> udp_buf_;  // recvmmsg target of the UDP listeners, when there are any
 

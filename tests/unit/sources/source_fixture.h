@@ -162,6 +162,10 @@ class FakeSourceContext final : public SourceContext {
     return OfferResult::Accepted;
   }
   std::optional<bool> keepsPositions() override { return declared_keeps; }
+  void reportProblem(const std::string& key, const std::string& text) override {
+    problems[key] = text;
+  }
+  void clearProblem(const std::string& key) override { problems.erase(key); }
   std::vector<std::string> durablePositions(const std::string& key) override {
     if (!keep_positions) return {};
     auto it = durable_positions_.find(key);
@@ -209,6 +213,7 @@ class FakeSourceContext final : public SourceContext {
   std::vector<std::string> bodies;
   std::vector<Received> events;
   std::vector<size_t> batch_sizes;
+  std::map<std::string, std::string> problems;  // reported and not cleared, by key
 
  private:
   uv_loop_t* loop_;

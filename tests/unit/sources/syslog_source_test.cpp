@@ -610,5 +610,68 @@ TEST_CASE("syslog source: stop keeps the partial last frame of open connections"
   close(fd);
 }
 
+// A socket bound to a free loopback port (listening, for TCP), holding it until closed.
+int holdPort(int type, int& port) {
+  int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  if (type == SOCK_STREAM) REQUIRE(listen(fd, 1) == 0);
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
+TEST_CASE("syslog source: a listener whose port is in use is reported and tried again") {
+  // Given TCP and UDP ports held by other sockets.
+  TestLoop loop;
+  FakeSourceContext ctx(loop.get(), "syslog_test");
+  int tcp_port = 0, udp_port = 0;
+  int tcp_holder = holdPort(SOCK_STREAM, tcp_port);
+  int udp_holder = holdPort(SOCK_DGRAM, udp_port);
+  std::string tcp_url = "tcp://127.0.0.1:" + std::to_string(tcp_port);
+  std::string udp_url = "udp://127.0.0.1:" + std::to_string(udp_port);
+  auto src = make(config({tcp_url, udp_url}));
+
+  // When the source starts, both listeners fail: each is a problem under its URL.
+  src->start(ctx);
+  REQUIRE(ctx.problems.size() == 2);
+  CHECK(ctx.problems[tcp_url].find("address already in use") != std::string::npos);
+  CHECK(ctx.problems.count(udp_url) == 1);
+  CHECK(ctx.count("ListenerErrorCount") == 2);
+  CHECK(src->boundPort(0) == 0);
+
+  // Then, once the ports are free, the retries bind them and the problems are cleared.
+  close(tcp_holder);
+  close(udp_holder);
+  bool bound = loop.runUntil([&] { return ctx.problems.empty(); });
+  CHECK(bound);
+  if (bound) {
+    CHECK(src->boundPort(0) == tcp_port);
+    CHECK(src->boundPort(1) == udp_port);
+    int fd = tcpConnect(tcp_port);
+    sendAll(fd, "<13>over tcp\n");
+    udpSend(udp_port, "<13>over udp");
+    CHECK(loop.runUntil([&] { return ctx.events.size() == 2; }));
+    close(fd);
+  }
+  CHECK(stopAndWait(loop, *src) == 1);  // also when a check failed: no handle may stay open
+}
+
+TEST_CASE("syslog source: stop while a listener waits for its retry") {
+  TestLoop loop;
+  FakeSourceContext ctx(loop.get(), "syslog_test");
+  int port = 0;
+  int holder = holdPort(SOCK_STREAM, port);
+  auto src = make(config({"tcp://127.0.0.1:" + std::to_string(port)}));
+  src->start(ctx);
+  CHECK(ctx.problems.size() == 1);
+  CHECK(stopAndWait(loop, *src, 50) == 1);  // the retry timer is closed with the rest
+  close(holder);
+}
+
 }  // namespace
 }  // namespace sluice

@@ -1,0 +1,73 @@
+// The parts of /health and of the log that can be judged without a running agent: the stall
+// watch of a sink group and the journal priority prefix of log lines.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <sstream>
+#include <string>
+
+#include "agent/health.h"
+#include "agent/logging.h"
+
+namespace sluice {
+namespace {
+
+TEST_CASE("health: a sink group stalls only while events wait and nothing is delivered") {
+  StallWatch w;
+  CHECK(w.update(1000, 0, 0) == 0);
+  CHECK(w.update(5000, 0, 0) == 0);      // nothing waits: never stalled
+  CHECK(w.update(6000, 10, 0) == 1000);  // waiting since the last time nothing waited
+  CHECK(w.update(9000, 20, 0) == 4000);
+  CHECK(w.update(9500, 20, 5) == 0);  // something was delivered: the wait starts again
+  CHECK(w.update(9700, 15, 5) == 200);
+  CHECK(w.update(9800, 0, 5) == 0);
+  CHECK(w.update(9900, 3, 5) == 100);
+}
+
+TEST_CASE("logging: under the journal every line starts with its syslog priority") {
+  std::ostringstream out;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+  spdlog::logger logger("journal_test", sink);
+  logger.set_level(spdlog::level::trace);
+  sink->set_formatter(makeLogFormatter(true));
+  logger.error("disk full");
+  logger.warn("slow");
+  logger.info("started");
+  logger.debug("detail");
+  logger.critical("abort");
+  CHECK(out.str() ==
+        "<3>error disk full\n<4>warning slow\n<6>info started\n<7>debug detail\n"
+        "<2>critical abort\n");
+
+  std::ostringstream plain;
+  auto plain_sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(plain);
+  spdlog::logger plain_logger("plain_test", plain_sink);
+  plain_sink->set_formatter(makeLogFormatter(false));
+  plain_logger.error("disk full");
+  CHECK(plain.str().find("<3>") == std::string::npos);
+  CHECK(plain.str().find(" error disk full") != std::string::npos);
+}
+
+TEST_CASE("logging: JOURNAL_STREAM counts only when it names the descriptor") {
+  char path[] = "/tmp/sluice-log-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  struct stat st {};
+  REQUIRE(fstat(fd, &st) == 0);
+  std::string mine = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+  std::string other = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino + 1);
+  CHECK(isJournalStream(mine.c_str(), fd));
+  CHECK_FALSE(isJournalStream(other.c_str(), fd));  // stderr was redirected elsewhere
+  CHECK_FALSE(isJournalStream(nullptr, fd));
+  CHECK_FALSE(isJournalStream("garbage", fd));
+  close(fd);
+  unlink(path);
+}
+
+}  // namespace
+}  // namespace sluice
