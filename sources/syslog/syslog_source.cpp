@@ -156,6 +156,9 @@ const OptionTable<SyslogConfig>& syslogOptionTable() {
         .string("tls_ciphers", &SyslogConfig::tls_ciphers, kSyslogDefaultTlsCiphers,
                 "OpenSSL cipher list for TLS 1.2 connections (TLS 1.3 suites are all AEAD); the "
                 "default offers only forward-secret AEAD suites, no CBC")
+        .boolean("strict", &SyslogConfig::strict, false,
+                 "refuse what RFC 5424 forbids (and messages without PRI) into syslog.invalid "
+                 "instead of keeping them marked in syslog.deviation")
         .string("rfc3164_timezone", &SyslogConfig::rfc3164_timezone, "local",
                 "zone of RFC 3164 timestamps that carry none: local (the host's, from TZ or "
                 "/etc/localtime), UTC, an offset like +05:30, or an IANA name like "
@@ -356,6 +359,10 @@ void SyslogSource::start(SourceContext& ctx) {
       upper = false;
     }
     counters_.failures[k] = &m.counter("ParseFailure" + camel + "Count");
+  }
+  for (int k = 0; k < kSyslogDeviationKinds; ++k) {
+    counters_.deviations[k] =
+        &m.counter(syslogDeviationMetricName(static_cast<SyslogDeviation>(k)));
   }
   counters_.accepted = &m.counter("ConnectionAcceptedCount");
   counters_.refused = &m.counter("ConnectionRefusedCount");
@@ -868,6 +875,9 @@ void SyslogSource::addMessage(std::string_view frame, bool truncated, const std:
   SyslogEventOptions options;
   options.raw_header = config_.raw_header;
   options.rfc3164_zone = &rfc3164_zone_;
+  options.strict = config_.strict;
+  SyslogDeviations deviations = 0;
+  options.deviations = &deviations;
   if (config_.client_headers) {
     options.client_ip = ip;
     options.client_port = port;
@@ -876,6 +886,9 @@ void SyslogSource::addMessage(std::string_view frame, bool truncated, const std:
   counters_.messages->inc();
   if (truncated) counters_.incomplete->inc();
   if (f != SyslogFailure::None) counters_.failures[static_cast<int>(f)]->inc();
+  for (int k = 0; deviations != 0 && k < kSyslogDeviationKinds; ++k) {
+    if (deviations & (1u << k)) counters_.deviations[k]->inc();
+  }
 }
 
 void SyslogSource::afterAdd() {

@@ -76,6 +76,7 @@ struct SyslogConfig {
   bool verify_client = false;
   std::string min_tls_version = "1.2";
   std::string tls_ciphers = kSyslogDefaultTlsCiphers;
+  bool strict = false;
   std::string rfc3164_timezone = "local";
   bool operator==(const SyslogConfig&) const = default;
 };
@@ -127,6 +128,7 @@ class SyslogSource final : public Source {
     Counter* bytes = nullptr;
     Counter* incomplete = nullptr;
     Counter* failures[kSyslogFailureKinds] = {};
+    Counter* deviations[kSyslogDeviationKinds] = {};
     Counter* accepted = nullptr;
     Counter* refused = nullptr;
     Counter* closed = nullptr;

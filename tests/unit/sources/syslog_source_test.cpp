@@ -259,6 +259,27 @@ TEST_CASE("syslog source: malformed and oversized messages are kept, marked and 
   CHECK(stopAndWait(loop, *src) == 1);
 }
 
+TEST_CASE("syslog source: RFC deviations are counted; strict refuses them into syslog.invalid") {
+  for (bool strict : {false, true}) {
+    TestLoop loop;
+    FakeSourceContext ctx(loop.get(), "syslog_test");
+    SyslogConfig c = config({"tcp://127.0.0.1:0"});
+    c.strict = strict;
+    auto src = make(c);
+    src->start(ctx);
+    int fd = tcpConnect(src->boundPort(0));
+    sendAll(fd, "<13>2 2026-11-25T10:00:60Z h a p m - leap\nno pri at all\n");
+    close(fd);
+    REQUIRE(loop.runUntil([&] { return ctx.events.size() == 2; }));
+    CHECK(ctx.count("DeviationVersionCount") == 1);
+    CHECK(ctx.count("DeviationLeapSecondCount") == 1);
+    CHECK(ctx.count("DeviationPriMissingCount") == 1);
+    CHECK(ctx.events[0].headers.count("syslog.invalid") == (strict ? 1u : 0u));
+    CHECK(ctx.events[1].headers.count("syslog.invalid") == (strict ? 1u : 0u));
+    CHECK(stopAndWait(loop, *src) == 1);
+  }
+}
+
 TEST_CASE("syslog source: datagrams queued together are read in bulk, each whole and in order") {
   TestLoop loop;
   FakeSourceContext ctx(loop.get(), "syslog_test");
