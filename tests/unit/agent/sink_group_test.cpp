@@ -140,7 +140,7 @@ struct Fixture {
   std::unique_ptr<SinkGroup> group;
 
   explicit Fixture(size_t n_sinks, const std::string& processor = "failover",
-                   const std::string& balance = "round_robin") {
+                   const std::string& balance = "round_robin", int64_t penalty_min_ms = 20) {
     BuildContext ctx;
     ctx.name = "mem";
     ctx.loop = &tl.loop;
@@ -150,8 +150,8 @@ struct Fixture {
     spec.name = "g";
     spec.common.processor = processor;
     spec.common.balance = balance;
-    spec.common.penalty_min = Millis(20);
-    spec.common.penalty_max = Millis(40);
+    spec.common.penalty_min = Millis(penalty_min_ms);
+    spec.common.penalty_max = Millis(penalty_min_ms * 2);
     std::vector<SinkGroup::Member> members;
     for (size_t i = 0; i < n_sinks; ++i) {
       auto shared = std::make_shared<ScriptedSink::Shared>();
@@ -394,21 +394,21 @@ TEST_CASE("load_balance: an unavailable sink is skipped and not counted live") {
 }
 
 TEST_CASE("failover: traffic returns once the first sink is available and its penalty is over") {
-  Fixture f(2);
+  // Penalties of 150-300 ms, then 300-600 ms: long enough for a busy machine.
+  Fixture f(2, "failover", "round_robin", 300);
   f.sinks[0]->available = false;
   f.group->start();
   f.put(1, 20);
   REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
   CHECK(f.sinks[1]->delivered == Fixture::seq(1, 20));
-  // Long past its penalty but still unavailable: still skipped.
-  f.runFor(60);
+  // Past its penalty but still unavailable: still skipped.
+  f.runFor(350);
   f.put(21, 30);
   REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
   CHECK(f.sinks[0]->attempts == 0);
   CHECK(f.sinks[1]->delivered == Fixture::seq(1, 30));
   // Unavailable again (set aside anew), then at once available: the penalty still holds it.
   f.sinks[0]->setAvailable(true);
-  f.runFor(60);
   f.sinks[0]->setAvailable(false);
   f.sinks[0]->setAvailable(true);
   f.put(31, 40);
