@@ -1385,7 +1385,7 @@ const OptionTable<KafkaConfig>& kafkaOptionTable() {
                "is destroyed.");
     t.duration("stats_interval", &C::stats_interval, "5s", Millis(0), Millis(86400000),
                "librdkafka statistics interval (per-broker connection state); 0: off.");
-    t.duration("unready_after", &C::unready_after, "3s", Millis(0), Millis(3600000),
+    t.duration("unready_after", &C::unready_after, "2s", Millis(0), Millis(3600000),
                "With no broker connected for this long (from the start, or since the last "
                "connection was lost) the sink is unavailable: a sink group with other sinks "
                "takes its deliveries back and uses them. 0: never.");

@@ -367,7 +367,7 @@ std::string failoverConfig(const TempDir& dir, const std::string& primary, const
   auto sink = [&](const std::string& name, const std::string& brokers) {
     return "  " + name + ":\n    type: kafka\n    channel: ch\n    brokers: [" + brokers +
            "]\n    topic: " + topic +
-           "\n    linger: 5ms\n    batch_size: 100\n    unready_after: 2s\n"
+           "\n    linger: 5ms\n    batch_size: 100\n"
            "    flush_timeout: 2s\n";
   };
   return agentYaml(dir.file("data")) +
