@@ -41,7 +41,8 @@ class SinkContext {
   // The sink's metric set; the group counts EventDrainAttemptCount/EventDrainSuccessCount.
   virtual MetricSet& metrics() = 0;
   virtual const std::string& name() const = 0;
-  // A sink that said it was not ready calls this when it can take deliveries again.
+  // A sink that said it was not ready calls this when it can take deliveries again, and a sink
+  // calls it whenever available() changes.
   virtual void wake() = 0;
 };
 
@@ -53,7 +54,21 @@ class Sink {
   // How many deliveries may be outstanding at once.
   virtual size_t maxInFlight() const { return 1; }
   // False while the sink's own queue is full; the group takes nothing more until wake().
+  // "Busy": a failover group waits for a busy higher-priority sink rather than skip it.
   virtual bool ready() const { return true; }
+  // False while the destination cannot be reached (no connection for a while; each sink says
+  // what that means and how long it waits before saying it). Not "busy": a group with other
+  // sinks treats an unavailable sink like one in penalty (skips it, counts it not live, sets it
+  // aside) and takes back its outstanding deliveries (abandon). The sink calls ctx.wake() when
+  // this changes, either way.
+  virtual bool available() const { return true; }
+  // The group takes back every outstanding delivery of this sink, to give them to another one.
+  // A sink that can let go returns true: it no longer reads the takes (the group rolls them back
+  // at once, which empties them), it answers each delivery soon (Retry for what the destination
+  // has not confirmed; the group ignores these answers, whatever they say) and gives up what it
+  // can of them (purges its queue) so the destination gets as few of them as possible. False
+  // (the default): the sink keeps its takes, and its deliveries stay with it until answered.
+  virtual bool abandon() { return false; }
   // The agent is shutting down past its drain deadline and will not wait for outstanding
   // deliveries. A sink that can abandon them (purge its queue) answers each one soon, Retry for
   // whatever the destination has not confirmed, so the group rolls it back into the channel (a

@@ -30,25 +30,19 @@ SinkGroup::SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel,
     st->batches_underflow = &ms.counter("BatchUnderflowCount");
     st->batches_empty = &ms.counter("BatchEmptyCount");
     st->penalty_ms = &ms.counter("PenaltyTimeMsCount");
+    st->taken_back = &ms.counter("DeliveryTakenBackCount");
     MemberState* raw = st.get();
     ms.gauge(
         "InFlightBatches", [raw] { return static_cast<double>(raw->in_flight); }, this);
     ms.gauge(
-        "Active",
-        [this, raw] { return (raw->penalty_until_ms <= uv_now(loop_) && running_) ? 1.0 : 0.0; },
+        "Active", [this, raw] { return (isLive(raw, uv_now(loop_)) && running_) ? 1.0 : 0.0; },
         this);
     members_.push_back(std::move(st));
   }
   metrics_ = metrics ? std::move(metrics) : std::make_shared<MetricSet>("SINKGROUP", spec_.name);
   failovers_ = &metrics_->counter("FailoverCount");
   metrics_->gauge(
-      "LiveSinkCount",
-      [this] {
-        double live = 0;
-        for (auto& st : members_) live += st->penalty_until_ms <= uv_now(loop_) ? 1 : 0;
-        return live;
-      },
-      this);
+      "LiveSinkCount", [this] { return static_cast<double>(liveCount()); }, this);
   timer_ = new uv_timer_t;
   uv_timer_init(loop_, timer_);
   timer_->data = this;
@@ -57,6 +51,7 @@ SinkGroup::SinkGroup(uv_loop_t* loop, GroupSpec spec, ChannelPtr channel,
 SinkGroup::~SinkGroup() {
   *alive_ = false;
   in_flight_.clear();  // any take still here rolls back
+  abandoned_.clear();
   for (auto& st : members_) st->m.metrics->clearGauges(this);
   metrics_->clearGauges(this);
   if (cursor_) cursor_->setOnReady(nullptr);
@@ -89,11 +84,118 @@ void SinkGroup::onTimer(uv_timer_t* t) {
   if (self) self->schedulePump();
 }
 
+bool SinkGroup::isLive(const MemberState* st, uint64_t now) const {
+  return st->penalty_until_ms <= now && st->available;
+}
+
+size_t SinkGroup::liveCount() const {
+  uint64_t now = uv_now(loop_);
+  size_t live = 0;
+  for (auto& st : members_) live += isLive(st.get(), now) ? 1 : 0;
+  return live;
+}
+
+std::vector<SinkGroup::MemberStatus> SinkGroup::memberStatus() const {
+  uint64_t now = uv_now(loop_);
+  std::vector<MemberStatus> out;
+  for (auto& st : members_) {
+    out.push_back({st->m.spec.name, st->available, st->penalty_until_ms > now, st->penalty_until_ms,
+                   st->in_flight});
+  }
+  return out;
+}
+
+// Sets the member aside for a penalty that doubles with each consecutive failure (jittered).
+void SinkGroup::setAside(MemberState* st) {
+  ++st->failures;
+  ++st->penalty_gen;
+  auto base = spec_.common.penalty_min.count();
+  auto cap = spec_.common.penalty_max.count();
+  int64_t penalty = base;
+  for (uint32_t i = 1; i < st->failures && penalty < cap; ++i) penalty *= 2;
+  penalty = std::min<int64_t>(penalty, cap);
+  // Jitter in [50%, 100%] so a fleet of agents does not retry in lockstep.
+  std::uniform_int_distribution<int64_t> jitter(penalty / 2, std::max<int64_t>(penalty, 1));
+  penalty = jitter(rng_);
+  st->penalty_until_ms = uv_now(loop_) + static_cast<uint64_t>(penalty);
+  st->penalty_ms->inc(static_cast<uint64_t>(penalty));
+  if (members_.size() > 1) failovers_->inc();  // the next batch goes to another sink
+}
+
+// Takes back every delivery the member holds, when the sink can let go of them: rolled back at
+// once (the next take hands them to another sink), their answers ignored. Returns how many were
+// taken back and how many stay with a sink that cannot let go.
+std::pair<size_t, size_t> SinkGroup::takeBack(MemberState* st) {
+  std::vector<uint64_t> ids;
+  for (auto& [id, entry] : in_flight_) {
+    if (entry->member == st) ids.push_back(id);
+  }
+  if (ids.empty()) return {0, 0};
+  // Rolled back in the order they were taken, so the next sink gets the events in order.
+  std::sort(ids.begin(), ids.end());
+  // Moved aside first: the sink may answer from inside abandon().
+  std::vector<std::unique_ptr<InFlight>> entries;
+  for (uint64_t id : ids) {
+    auto it = in_flight_.find(id);
+    entries.push_back(std::move(it->second));
+    in_flight_.erase(it);
+    abandoned_.emplace(id, st);
+  }
+  if (!st->m.sink->abandon()) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      abandoned_.erase(ids[i]);
+      in_flight_.emplace(ids[i], std::move(entries[i]));
+    }
+    return {0, ids.size()};
+  }
+  st->taken_back->inc(ids.size());
+  for (auto& e : entries) e->take.rollback();
+  return {ids.size(), 0};
+}
+
+// Applies changes of Sink::available: an unavailable sink in a group of several is set aside
+// and its deliveries are taken back.
+void SinkGroup::checkAvailability() {
+  for (auto& p : members_) {
+    MemberState* st = p.get();
+    bool available = st->m.sink->available();
+    if (available == st->available) continue;
+    st->available = available;
+    if (available) {
+      uint64_t now = uv_now(loop_);
+      spdlog::info("sink {}: destination available again; {}", st->m.spec.name,
+                   st->penalty_until_ms > now
+                       ? fmt::format("used again in {} ms", st->penalty_until_ms - now)
+                       : std::string("used again now"));
+      continue;
+    }
+    if (members_.size() == 1) {
+      spdlog::warn("sink {}: destination unavailable; the group has no other sink",
+                   st->m.spec.name);
+      continue;
+    }
+    setAside(st);
+    if (!st->failing) st->failed_in_state = 0;
+    st->failing = true;
+    auto [taken, kept] = takeBack(st);
+    spdlog::warn(
+        "sink {}: destination unavailable; {} deliveries taken back for the other sinks{}, set "
+        "aside for {} ms",
+        st->m.spec.name, taken,
+        kept > 0 ? fmt::format(" ({} left with it: it cannot let go)", kept) : std::string(),
+        st->penalty_until_ms - uv_now(loop_));
+  }
+}
+
 MemberState* SinkGroup::choose() {
   uint64_t now = uv_now(loop_);
+  // A group of one has no other sink: its sink is used while unavailable.
+  bool lone = members_.size() == 1;
+  auto setAsideNow = [&](MemberState* st) {
+    return st->penalty_until_ms > now || (!lone && !st->available);
+  };
   auto usable = [&](MemberState* st) {
-    return st->penalty_until_ms <= now && st->in_flight < st->m.sink->maxInFlight() &&
-           st->m.sink->ready();
+    return !setAsideNow(st) && st->in_flight < st->m.sink->maxInFlight() && st->m.sink->ready();
   };
   if (spec_.common.processor == "load_balance") {
     if (spec_.common.balance == "random") {
@@ -117,7 +219,7 @@ MemberState* SinkGroup::choose() {
   // failover: the first sink in priority order that is not set aside. A higher-priority sink
   // that is live but busy is waited for rather than skipped, so order is kept.
   for (auto& st : members_) {
-    if (st->penalty_until_ms > now) continue;
+    if (setAsideNow(st.get())) continue;
     return usable(st.get()) ? st.get() : nullptr;
   }
   return nullptr;
@@ -128,6 +230,7 @@ void SinkGroup::pump() {
   int takes = 0;
   do {
     repump_ = false;
+    checkAvailability();
     while (running_ && takes < kMaxTakesPerTurn) {
       MemberState* st = choose();
       if (!st) break;
@@ -145,7 +248,7 @@ void SinkGroup::pump() {
       st->attempts->inc(take.events());
       ++st->in_flight;
       uint64_t id = next_id_++;
-      auto entry = std::make_unique<InFlight>(InFlight{std::move(take), st});
+      auto entry = std::make_unique<InFlight>(InFlight{std::move(take), st, st->penalty_gen});
       const Take& ref = entry->take;
       in_flight_.emplace(id, std::move(entry));
       std::weak_ptr<bool> alive = alive_;
@@ -170,7 +273,23 @@ void SinkGroup::pump() {
 
 void SinkGroup::onDelivered(uint64_t id, DeliveryResult result) {
   auto it = in_flight_.find(id);
-  if (it == in_flight_.end()) return;
+  if (it == in_flight_.end()) {
+    // A delivery taken back from an unavailable sink: already rolled back and given to another
+    // sink, so whatever it says now commits nothing.
+    auto ab = abandoned_.find(id);
+    if (ab == abandoned_.end()) return;
+    MemberState* st = ab->second;
+    abandoned_.erase(ab);
+    --st->in_flight;
+    spdlog::debug("sink {}: answer for a delivery taken back ignored ({})", st->m.spec.name,
+                  result.status == DeliveryStatus::Ok ? "ok" : result.error);
+    if (stopping_) {
+      maybeFinishStop();
+      return;
+    }
+    schedulePump();
+    return;
+  }
   auto entry = std::move(it->second);
   in_flight_.erase(it);
   MemberState* st = entry->member;
@@ -178,25 +297,34 @@ void SinkGroup::onDelivered(uint64_t id, DeliveryResult result) {
   if (result.status == DeliveryStatus::Ok) {
     size_t events = entry->take.events();
     entry->take.commit();
+    last_commit_ms_ = uv_now(loop_);
     st->successes->inc(events);
     st->failures = 0;
+    if (st->failing) {
+      st->failing = false;
+      spdlog::info("sink {}: delivering again ({} deliveries failed meanwhile)", st->m.spec.name,
+                   st->failed_in_state);
+    }
   } else {
     entry->take.rollback();
     st->failed->inc();
-    ++st->failures;
-    auto base = spec_.common.penalty_min.count();
-    auto cap = spec_.common.penalty_max.count();
-    int64_t penalty = base;
-    for (uint32_t i = 1; i < st->failures && penalty < cap; ++i) penalty *= 2;
-    penalty = std::min<int64_t>(penalty, cap);
-    // Jitter in [50%, 100%] so a fleet of agents does not retry in lockstep.
-    std::uniform_int_distribution<int64_t> jitter(penalty / 2, std::max<int64_t>(penalty, 1));
-    penalty = jitter(rng_);
-    st->penalty_until_ms = uv_now(loop_) + static_cast<uint64_t>(penalty);
-    st->penalty_ms->inc(static_cast<uint64_t>(penalty));
-    if (members_.size() > 1) failovers_->inc();  // the next batch goes to another sink
-    spdlog::warn("sink {}: delivery failed ({}); retrying in {} ms", st->m.spec.name, result.error,
-                 penalty);
+    ++st->failed_in_state;
+    // A delivery handed out before the sink was last set aside failed in the same outage: it
+    // neither lengthens the penalty nor logs again.
+    if (entry->penalty_gen == st->penalty_gen) {
+      setAside(st);
+      if (!st->failing) {
+        st->failing = true;
+        st->failed_in_state = 1;
+        spdlog::warn("sink {}: delivery failed ({}); set aside for {} ms", st->m.spec.name,
+                     result.error, st->penalty_until_ms - uv_now(loop_));
+      } else {
+        spdlog::debug("sink {}: delivery failed ({}); set aside for {} ms", st->m.spec.name,
+                      result.error, st->penalty_until_ms - uv_now(loop_));
+      }
+    } else {
+      spdlog::debug("sink {}: delivery failed ({})", st->m.spec.name, result.error);
+    }
   }
   if (stopping_) {
     maybeFinishStop();
@@ -215,12 +343,12 @@ void SinkGroup::stop(std::function<void()> done) {
 }
 
 void SinkGroup::cancel() {
-  if (in_flight_.empty()) return;
+  if (in_flight_.empty() && abandoned_.empty()) return;
   for (auto& st : members_) st->m.sink->cancel();
 }
 
 void SinkGroup::maybeFinishStop() {
-  if (!stopping_ || !in_flight_.empty() || !stop_done_) return;
+  if (!stopping_ || !in_flight_.empty() || !abandoned_.empty() || !stop_done_) return;
   auto remaining = std::make_shared<size_t>(members_.size());
   auto done = std::move(stop_done_);
   stop_done_ = nullptr;

@@ -104,6 +104,20 @@ using ConfPtr = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
 
 // Fills a librdkafka configuration from ours. Secrets from files are read here. Returns false
 // with `error` set (never containing a secret value).
+// How often the sink looks at its broker connections (librdkafka statistics and its own check)
+// to tell whether it is available: a third of unready_after, between 100 ms and 1 s.
+uint64_t availabilityCheckMs(const KafkaConfig& cfg) {
+  return std::clamp<uint64_t>(static_cast<uint64_t>(cfg.unready_after.count()) / 3, 100, 1000);
+}
+
+// librdkafka's statistics interval: stats_interval, or more often when unready_after needs the
+// connection state sooner.
+uint64_t statsIntervalMs(const KafkaConfig& cfg) {
+  auto ms = static_cast<uint64_t>(cfg.stats_interval.count());
+  if (cfg.unready_after.count() == 0) return ms;
+  return ms == 0 ? availabilityCheckMs(cfg) : std::min(ms, availabilityCheckMs(cfg));
+}
+
 bool buildConf(const KafkaConfig& cfg, const std::string& sink_name, rd_kafka_conf_t* conf,
                std::string& error) {
   char errstr[512];
@@ -127,7 +141,7 @@ bool buildConf(const KafkaConfig& cfg, const std::string& sink_name, rd_kafka_co
             set("linger.ms", std::to_string(cfg.linger.count())) &&
             set("message.timeout.ms", std::to_string(cfg.message_timeout.count())) &&
             set("queue.buffering.max.messages", std::to_string(cfg.queue_max_events)) &&
-            set("statistics.interval.ms", std::to_string(cfg.stats_interval.count())) &&
+            set("statistics.interval.ms", std::to_string(statsIntervalMs(cfg))) &&
             set("security.protocol", protocol);
   if (!ok) return false;
   if (sasl) {
@@ -441,12 +455,14 @@ class KafkaSink : public Sink {
     // would come. A slow timer serves the queue too, should a signal ever be missed.
     attachQueue();
     polling_ = true;
+    // Nothing is connected yet: unready_after counts from here.
+    down_since_ms_ = uv_now(ctx.loop());
     poll_timer_ = new uv_timer_t;
     uv_timer_init(ctx.loop(), poll_timer_);
     poll_timer_->data = this;
     uv_timer_start(
         poll_timer_, [](uv_timer_t* t) { static_cast<KafkaSink*>(t->data)->drainReports(); },
-        kSafetyPollMs, kSafetyPollMs);
+        pollMs(), pollMs());
     uv_unref(reinterpret_cast<uv_handle_t*>(poll_timer_));
     thread_ = std::thread([this] { writerThread(); });
     uv_async_send(async_);
@@ -468,6 +484,18 @@ class KafkaSink : public Sink {
 
   size_t maxInFlight() const override { return cfg_.max_in_flight; }
   bool ready() const override { return blocked_.empty() && !stopping_ && !recovering_; }
+  // False once no broker has been connected for unready_after (from the start, or since the last
+  // connection was lost); true again as soon as one is (see updateAvailability).
+  bool available() const override { return available_; }
+
+  // The group gives this sink's deliveries to another sink (it is unavailable): what waits for
+  // queue room is answered Retry now, what librdkafka holds is purged (answered Retry through
+  // its reports), so as little as possible still reaches the broker later. The sink reads no
+  // take after deliver() (a delivery holds its own slices), so it can always let go.
+  bool abandon() override {
+    giveUpAll("taken back by the sink group");
+    return true;
+  }
 
   void deliver(const Take& take, DeliveryDone done) override {
     if (take.events() == 0) {
@@ -506,11 +534,18 @@ class KafkaSink : public Sink {
         "kafka sink '{}': shutting down past the drain deadline; {} unconfirmed events "
         "are rolled back into the channel",
         name_, in_flight_);
+    giveUpAll("cancelled at shutdown");
+  }
+
+  // Answers Retry what waits for queue room, and purges what librdkafka holds (its reports
+  // answer the rest Retry). Non-blocking.
+  void giveUpAll(const char* reason) {
+    if (shut_down_ || recovering_ || deliveries_.empty() || !rk_) return;  // see releaseOld
     std::vector<Delivery*> now;
     for (Delivery* d : blocked_) {
       d->queued = false;
       d->retry = true;
-      if (d->retry_reason.empty()) d->retry_reason = "cancelled at shutdown";
+      if (d->retry_reason.empty()) d->retry_reason = reason;
       if (d->finished()) now.push_back(d);
     }
     blocked_.clear();
@@ -602,6 +637,7 @@ class KafkaSink : public Sink {
     } else {
       spdlog::warn("kafka sink '{}': {}", self->name_, reason);
     }
+    if (code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) self->noteConnected(false);
     self->errors_[static_cast<size_t>(kindOf(code))]->inc();
   }
 
@@ -611,18 +647,22 @@ class KafkaSink : public Sink {
     if (j.is_discarded() || !j.contains("brokers") || !j["brokers"].is_object()) return 0;
     std::map<int32_t, bool> states;
     uint64_t retries = 0;
+    bool any_up = false;  // any broker connection, bootstrap ones (no node id yet) included
     for (const auto& [name, b] : j["brokers"].items()) {
       if (!b.is_object()) continue;
       auto id_it = b.find("nodeid");
       if (id_it == b.end() || !id_it->is_number_integer()) continue;
       auto id = id_it->get<int64_t>();
       auto source = b.find("source");
-      if (id < 0 || (source != b.end() && source->is_string() &&
-                     (*source == "internal" || *source == "logical"))) {
+      if (source != b.end() && source->is_string() &&
+          (*source == "internal" || *source == "logical")) {
         continue;
       }
       auto state = b.find("state");
-      states[static_cast<int32_t>(id)] = state != b.end() && state->is_string() && *state == "UP";
+      bool up = state != b.end() && state->is_string() && *state == "UP";
+      any_up = any_up || up;
+      if (id < 0) continue;
+      states[static_cast<int32_t>(id)] = up;
       auto tx = b.find("txretries");
       if (tx != b.end() && tx->is_number_unsigned()) retries += tx->get<uint64_t>();
     }
@@ -632,6 +672,7 @@ class KafkaSink : public Sink {
       self->producer_retries_ = retries;
       self->brokers_changed_ = true;
     }
+    self->noteConnected(any_up);
     uv_async_send(self->async_);
     return 0;
   }
@@ -854,6 +895,7 @@ class KafkaSink : public Sink {
     if (from_kafka) {
       --in_flight_;
       if (outcome == Outcome::Delivered) {
+        noteConnected(true);
         double ms = static_cast<double>(poll_now_ - ref->produced_ns) / 1e6;
         latency_last_ms_ = ms;
         latency_avg_ms_ = latency_samples_++ == 0 ? ms : latency_avg_ms_ * 0.9 + ms * 0.1;
@@ -923,7 +965,41 @@ class KafkaSink : public Sink {
       return;
     }
     if (stopping_ && flush_timer_ && !shut_down_ && deliveries_.empty()) shutDown();
-    if (was_blocked && blocked_.empty() && ctx_ && !stopping_) ctx_->wake();
+    bool availability_changed = updateAvailability();
+    if (((was_blocked && blocked_.empty()) || availability_changed) && ctx_ && !stopping_) {
+      ctx_->wake();
+    }
+  }
+
+  // Loop thread (librdkafka's callbacks run inside serveQueue): whether a broker is connected,
+  // from statistics, ALL_BROKERS_DOWN and delivery reports. Acted on by updateAvailability.
+  void noteConnected(bool up) {
+    if (up == connected_) return;
+    connected_ = up;
+    if (!up && ctx_) down_since_ms_ = uv_now(ctx_->loop());
+  }
+
+  // Unavailable once no broker has been connected for unready_after; available again as soon as
+  // one is. Returns true when that changed (the caller wakes the group).
+  bool updateAvailability() {
+    if (!ctx_ || cfg_.unready_after.count() == 0) return false;
+    uint64_t now = uv_now(ctx_->loop());
+    bool available =
+        connected_ || now - down_since_ms_ < static_cast<uint64_t>(cfg_.unready_after.count());
+    if (available == available_) return false;
+    available_ = available;
+    if (available) {
+      spdlog::info("kafka sink '{}': a broker is connected; available again", name_);
+    } else {
+      spdlog::warn("kafka sink '{}': no broker connected for {} ms (unready_after); unavailable",
+                   name_, now - down_since_ms_);
+    }
+    return true;
+  }
+
+  // The safety poll, also the availability check: as often as unready_after needs.
+  uint64_t pollMs() const {
+    return cfg_.unready_after.count() == 0 ? kSafetyPollMs : availabilityCheckMs(cfg_);
   }
 
   // Answers the deliveries a poll (or the blocked queue) finished. A delivery may be listed
@@ -1220,7 +1296,10 @@ class KafkaSink : public Sink {
   uv_timer_t* flush_timer_ = nullptr;
   uv_timer_t* poll_timer_ = nullptr;  // the safety poll (kSafetyPollMs)
   static constexpr uint64_t kSafetyPollMs = 1000;
-  uint64_t poll_now_ = 0;  // uv_hrtime of the current poll, for the latency metric
+  uint64_t poll_now_ = 0;       // uv_hrtime of the current poll, for the latency metric
+  bool connected_ = false;      // a broker is connected, as last seen
+  uint64_t down_since_ms_ = 0;  // uv_now() when the last connection was lost (or the start)
+  bool available_ = true;
   size_t in_flight_ = 0;
   double latency_last_ms_ = 0;
   double latency_avg_ms_ = 0;
@@ -1306,6 +1385,10 @@ const OptionTable<KafkaConfig>& kafkaOptionTable() {
                "is destroyed.");
     t.duration("stats_interval", &C::stats_interval, "5s", Millis(0), Millis(86400000),
                "librdkafka statistics interval (per-broker connection state); 0: off.");
+    t.duration("unready_after", &C::unready_after, "2s", Millis(0), Millis(3600000),
+               "With no broker connected for this long (from the start, or since the last "
+               "connection was lost) the sink is unavailable: a sink group with other sinks "
+               "takes its deliveries back and uses them. 0: never.");
     t.string("dead_letter_path", &C::dead_letter_path, "",
              "JSON-lines file for permanently refused events; default "
              "<agent.data_dir>/dead_letter/<sink name>.jsonl.");
@@ -1441,7 +1524,7 @@ SinkPtr makeKafkaSink(const KafkaConfig& cfg, const BuildContext& ctx) {
     rd_kafka_conf_set_dr_msg_cb(conf.get(), &KafkaSink::onDeliveryReport);
     rd_kafka_conf_set_error_cb(conf.get(), &KafkaSink::onError);
     rd_kafka_conf_set_log_cb(conf.get(), &KafkaSink::onLog);
-    if (cfg.stats_interval.count() > 0) {
+    if (statsIntervalMs(cfg) > 0) {
       rd_kafka_conf_set_stats_cb(conf.get(), &KafkaSink::onStats);
     }
     rd_kafka_conf_set_opaque(conf.get(), self);

@@ -36,6 +36,7 @@ struct KafkaConfig {
   uint64_t max_in_flight = 0;
   Millis flush_timeout{};
   Millis stats_interval{};
+  Millis unready_after{};
   std::string dead_letter_path;
   std::map<std::string, std::string> properties;
   std::string sasl_mechanism;

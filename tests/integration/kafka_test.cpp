@@ -357,3 +357,129 @@ TEST_CASE("kafka sink: kill -9 of the agent while the broker is down; all arrive
   CHECK(t.missingOf(n) == 0);
   CHECK(t.seen.size() == static_cast<size_t>(n));
 }
+
+namespace {
+
+// A seq source into a memory channel and a failover group of two kafka sinks: k1 (primary, at
+// `primary`) and k2 (spare, at `spare`), both producing `topic`.
+std::string failoverConfig(const TempDir& dir, const std::string& primary, const std::string& spare,
+                           const std::string& topic, int n, int interval_ms) {
+  auto sink = [&](const std::string& name, const std::string& brokers) {
+    return "  " + name + ":\n    type: kafka\n    channel: ch\n    brokers: [" + brokers +
+           "]\n    topic: " + topic +
+           "\n    linger: 5ms\n    batch_size: 100\n"
+           "    flush_timeout: 2s\n";
+  };
+  return agentYaml(dir.file("data")) +
+         "sources:\n  numbers:\n    type: seq\n    count: " + std::to_string(n) +
+         "\n    batch_size: 100\n    interval: " + std::to_string(interval_ms) +
+         "ms\n    channels: [ch]\n" + "channels:\n" + channelYaml("memory", dir.file("data")) +
+         "sinks:\n" + sink("k1", primary) + sink("k2", spare) +
+         "sink_groups:\n  out:\n    processor: failover\n    sinks: [k1, k2]\n";
+}
+
+// Milliseconds since `start`.
+long long msSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               start)
+      .count();
+}
+
+Tally readAll(const std::string& bootstrap, const std::string& topic) {
+  Tally t;
+  int64_t stored = topicEndOffsetSum(bootstrap, topic, 30s);
+  if (stored <= 0) return t;
+  auto got = consumeAll(bootstrap, topic, static_cast<size_t>(stored), 120s);
+  REQUIRE(got.error.empty());
+  CHECK(got.records.size() == static_cast<size_t>(stored));
+  t.add(got.records);
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("kafka failover: a primary dead from the start; the spare has everything within 5 s") {
+  KafkaBroker& spare = sharedBroker();
+  KafkaBroker dead;  // never started: a loopback port nothing listens on
+  TempDir dir;
+  const std::string topic = uniqueName("failover-dead-");
+  const int n = 5000;
+  writeFile(dir.file("a.yaml"),
+            failoverConfig(dir, dead.bootstrap(), spare.bootstrap(), topic, n, 10));
+  auto started = std::chrono::steady_clock::now();
+  Process agent({sluiceBinary(), "run", "-c", dir.file("a.yaml")}, dir.path());
+  INFO(agent.err());
+  REQUIRE(waitFor([&] { return value(metricsOf(agent), "SINK.k2", "EventDrainSuccessCount") > 0; },
+                  30s));
+  auto first = msSince(started);
+  MESSAGE("first events committed on the spare " << first << " ms after the agent started");
+  CHECK(first < 5000);
+  REQUIRE(waitFor(
+      [&] {
+        return value(metricsOf(agent), "SINK.k2", "EventDrainSuccessCount") ==
+               static_cast<uint64_t>(n);
+      },
+      60s));
+  agent.signal(SIGTERM);
+  REQUIRE(agent.wait(30s) == 0);
+  Tally t = readAll(spare.bootstrap(), topic);
+  CHECK(t.foreign == 0);
+  CHECK(t.duplicates == 0);
+  CHECK(t.missingOf(n) == 0);
+  CHECK(t.seen.size() == static_cast<size_t>(n));
+}
+
+TEST_CASE(
+    "kafka failover: the primary killed mid-stream, then back; none lost, none twice on one") {
+  KafkaBroker& spare = sharedBroker();
+  KafkaBroker primary;  // this test kills it: not the shared one
+  REQUIRE_MESSAGE(primary.start(), primary.error());
+  TempDir dir;
+  const std::string topic = uniqueName("failover-kill-");
+  // 100 every 20 ms with no end: the stream goes on across the kill and the return.
+  writeFile(dir.file("a.yaml"),
+            failoverConfig(dir, primary.bootstrap(), spare.bootstrap(), topic, 0, 20));
+  Process agent({sluiceBinary(), "run", "-c", dir.file("a.yaml")}, dir.path());
+  INFO(agent.err());
+  auto committed = [&](const char* sink) {
+    return value(metricsOf(agent), std::string("SINK.") + sink, "EventDrainSuccessCount");
+  };
+  REQUIRE(waitFor([&] { return committed("k1") >= 2000; }, 60s));
+  CHECK(committed("k2") == 0);
+  REQUIRE_MESSAGE(primary.kill(), primary.error());
+  auto killed = std::chrono::steady_clock::now();
+  REQUIRE(waitFor([&] { return committed("k2") > 0; }, 30s));
+  auto took = msSince(killed);
+  MESSAGE("first events committed on the spare " << took << " ms after the primary was killed");
+  CHECK(took < 5000);
+
+  // The primary is back (its data survives the kill): traffic returns to it.
+  REQUIRE(waitFor([&] { return committed("k2") >= 2000; }, 60s));
+  uint64_t k1_before = committed("k1");
+  REQUIRE_MESSAGE(primary.start(), primary.error());
+  auto back = std::chrono::steady_clock::now();
+  REQUIRE(waitFor([&] { return committed("k1") > k1_before; }, 60s));
+  MESSAGE("traffic back on the primary " << msSince(back) << " ms after its broker started");
+  uint64_t k2_then = committed("k2");
+  REQUIRE(waitFor([&] { return committed("k1") >= k1_before + 2000; }, 60s));
+  CHECK(committed("k2") - k2_then < 2000);  // only what was in flight when it switched
+  agent.signal(SIGTERM);
+  REQUIRE(agent.wait(30s) == 0);
+
+  Tally on_primary = readAll(primary.bootstrap(), topic);
+  Tally on_spare = readAll(spare.bootstrap(), topic);
+  long last = 0;
+  for (const Tally* t : {&on_primary, &on_spare}) {
+    if (!t->seen.empty()) last = std::max(last, t->seen.rbegin()->first);
+  }
+  MESSAGE("primary " << on_primary.seen.size() << ", spare " << on_spare.seen.size() << " of "
+                     << last);
+  CHECK(on_primary.duplicates == 0);
+  CHECK(on_spare.duplicates == 0);
+  CHECK(on_primary.foreign + on_spare.foreign == 0);
+  size_t missing = 0;
+  for (long v = 1; v <= last; ++v) {
+    missing += on_primary.seen.count(v) == 0 && on_spare.seen.count(v) == 0;
+  }
+  CHECK(missing == 0);  // the source's every number up to the last, on one or both
+}

@@ -6,6 +6,7 @@
 
 #include <deque>
 
+#include "../log_capture.h"
 #include "channels/memory/memory_channel.h"
 
 using namespace sluice;
@@ -50,8 +51,24 @@ struct ScriptedSink : Sink {
   struct Shared {
     bool failing = false;
     bool async = false;
-    bool hold = false;  // deliveries answer only when cancelled
+    bool hold = false;  // deliveries answer only when cancelled (or by answerHeld)
     size_t cancels = 0;
+    bool available = true;
+    bool can_abandon = true;
+    size_t abandons = 0;
+    size_t max_in_flight = 1;
+    std::vector<DeliveryDone> held;  // deliveries held (hold), oldest first
+    SinkContext* ctx = nullptr;
+    // Answers every held delivery with r (from the test, on the loop thread).
+    void answerHeld(DeliveryResult r) {
+      auto all = std::move(held);
+      held.clear();
+      for (auto& d : all) d(r);
+    }
+    void setAvailable(bool a) {
+      available = a;
+      if (ctx) ctx->wake();
+    }
     std::vector<std::string> delivered;
     size_t attempts = 0;
   };
@@ -61,7 +78,16 @@ struct ScriptedSink : Sink {
   uv_timer_t* timer = nullptr;
   DeliveryDone pending;
 
-  void start(SinkContext& c) override { ctx = &c; }
+  void start(SinkContext& c) override {
+    ctx = &c;
+    shared->ctx = &c;
+  }
+  size_t maxInFlight() const override { return shared->max_in_flight; }
+  bool available() const override { return shared->available; }
+  bool abandon() override {
+    ++shared->abandons;
+    return shared->can_abandon;
+  }
   void deliver(const Take& take, DeliveryDone done) override {
     ++shared->attempts;
     if (shared->failing) {
@@ -69,7 +95,7 @@ struct ScriptedSink : Sink {
       return;
     }
     if (shared->hold) {
-      pending = std::move(done);
+      shared->held.push_back(std::move(done));
       return;
     }
     take.forEach([&](const EventView& e) { shared->delivered.emplace_back(e.body()); });
@@ -94,11 +120,7 @@ struct ScriptedSink : Sink {
   }
   void cancel() override {
     ++shared->cancels;
-    if (shared->hold && pending) {
-      auto d = std::move(pending);
-      pending = nullptr;
-      d(DeliveryResult::retry("cancelled"));
-    }
+    if (shared->hold) shared->answerHeld(DeliveryResult::retry("cancelled"));
   }
   void stop(std::function<void()> done) override {
     if (timer) {
@@ -118,7 +140,7 @@ struct Fixture {
   std::unique_ptr<SinkGroup> group;
 
   explicit Fixture(size_t n_sinks, const std::string& processor = "failover",
-                   const std::string& balance = "round_robin") {
+                   const std::string& balance = "round_robin", int64_t penalty_min_ms = 20) {
     BuildContext ctx;
     ctx.name = "mem";
     ctx.loop = &tl.loop;
@@ -128,8 +150,8 @@ struct Fixture {
     spec.name = "g";
     spec.common.processor = processor;
     spec.common.balance = balance;
-    spec.common.penalty_min = Millis(20);
-    spec.common.penalty_max = Millis(40);
+    spec.common.penalty_min = Millis(penalty_min_ms);
+    spec.common.penalty_max = Millis(penalty_min_ms * 2);
     std::vector<SinkGroup::Member> members;
     for (size_t i = 0; i < n_sinks; ++i) {
       auto shared = std::make_shared<ScriptedSink::Shared>();
@@ -166,6 +188,16 @@ struct Fixture {
   }
   uint64_t counter(const std::string& sink, const std::string& name) {
     return metrics.set("SINK", sink)->counter(name).value();
+  }
+  // Runs the loop for ms milliseconds of loop time.
+  void runFor(uint64_t ms) {
+    uv_update_time(&tl.loop);
+    uint64_t start = uv_now(&tl.loop);
+    REQUIRE(tl.runUntil([&] { return uv_now(&tl.loop) - start >= ms; }));
+  }
+  static std::vector<std::string> sorted(std::vector<std::string> v) {
+    std::sort(v.begin(), v.end(), [](auto& a, auto& b) { return std::stoi(a) < std::stoi(b); });
+    return v;
   }
 };
 
@@ -295,4 +327,129 @@ TEST_CASE("load_balance random: every live sink gets some, a failing one none, n
   std::sort(all.begin(), all.end(), [](auto& a, auto& b) { return std::stoi(a) < std::stoi(b); });
   CHECK(all == Fixture::seq(1, 300));
   CHECK(f.metrics.set("SINK", "s2")->counter("PenaltyTimeMsCount").value() > 0);
+}
+
+TEST_CASE("failover: an unavailable sink's deliveries go to the next one; late answers ignored") {
+  test::LogCapture log;
+  Fixture f(2);
+  f.sinks[0]->hold = true;
+  f.sinks[0]->max_in_flight = 4;
+  f.group->start();
+  f.put(1, 40);
+  REQUIRE(f.tl.runUntil([&] { return f.group->inFlight() == 4; }));
+  CHECK(f.sinks[1]->delivered.empty());
+
+  // The primary says its destination is gone: its four deliveries are taken back at once.
+  f.sinks[0]->setAvailable(false);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[0]->abandons == 1);
+  CHECK(f.sinks[1]->delivered == Fixture::seq(1, 40));  // in order, none twice
+  CHECK(f.counter("s0", "DeliveryTakenBackCount") == 4);
+  CHECK(f.group->liveCount() == 1);
+  auto status = f.group->memberStatus();
+  REQUIRE(status.size() == 2);
+  CHECK_FALSE(status[0].available);
+  CHECK(status[0].in_flight == 4);  // the sink still holds them until it answers
+  CHECK(status[1].available);
+  CHECK(f.group->lastCommitMs() > 0);
+
+  // The primary answers late, Ok: nothing is committed twice, nothing counted as its success.
+  f.sinks[0]->answerHeld(DeliveryResult::ok());
+  f.runFor(5);
+  CHECK(f.counter("s0", "EventDrainSuccessCount") == 0);
+  CHECK(f.counter("s1", "EventDrainSuccessCount") == 40);
+  CHECK(f.group->memberStatus()[0].in_flight == 0);
+  f.put(41, 50);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[1]->delivered == Fixture::seq(1, 50));
+  CHECK(f.channel->stats().events == 0);
+  CHECK(log.count("warning sink s0: destination unavailable; 4 deliveries taken back") == 1);
+}
+
+TEST_CASE("failover: a sink that cannot let go keeps its deliveries; the rest goes to the next") {
+  Fixture f(2);
+  f.sinks[0]->hold = true;
+  f.sinks[0]->can_abandon = false;
+  f.group->start();
+  f.put(1, 30);
+  REQUIRE(f.tl.runUntil([&] { return f.group->inFlight() == 1; }));
+  f.sinks[0]->setAvailable(false);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 10; }));
+  CHECK(f.sinks[1]->delivered == Fixture::seq(11, 30));
+  f.sinks[0]->answerHeld(DeliveryResult::ok());  // its own answer still counts
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.counter("s0", "EventDrainSuccessCount") == 10);
+}
+
+TEST_CASE("load_balance: an unavailable sink is skipped and not counted live") {
+  Fixture f(2, "load_balance");
+  f.sinks[0]->available = false;
+  f.group->start();
+  f.runFor(60);  // past the penalty it got when it was found unavailable
+  f.put(1, 50);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[0]->attempts == 0);
+  CHECK(f.sinks[1]->delivered == Fixture::seq(1, 50));
+  CHECK(f.group->liveCount() == 1);
+}
+
+TEST_CASE("failover: traffic returns once the first sink is available and its penalty is over") {
+  // Penalties of 150-300 ms, then 300-600 ms: long enough for a busy machine.
+  Fixture f(2, "failover", "round_robin", 300);
+  f.sinks[0]->available = false;
+  f.group->start();
+  f.put(1, 20);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[1]->delivered == Fixture::seq(1, 20));
+  // Past its penalty but still unavailable: still skipped.
+  f.runFor(350);
+  f.put(21, 30);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[0]->attempts == 0);
+  CHECK(f.sinks[1]->delivered == Fixture::seq(1, 30));
+  // Unavailable again (set aside anew), then at once available: the penalty still holds it.
+  f.sinks[0]->setAvailable(true);
+  f.sinks[0]->setAvailable(false);
+  f.sinks[0]->setAvailable(true);
+  f.put(31, 40);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[1]->delivered == Fixture::seq(1, 40));
+  CHECK(f.group->memberStatus()[0].available);
+  // Its penalty over, the first sink gets the traffic again.
+  REQUIRE(f.tl.runUntil([&] { return f.group->liveCount() == 2; }));
+  f.put(41, 50);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[0]->delivered == Fixture::seq(41, 50));
+  CHECK(f.sinks[1]->delivered.size() == 40);
+}
+
+TEST_CASE("a group of one keeps using its sink while it is unavailable") {
+  Fixture f(1);
+  f.sinks[0]->available = false;
+  f.group->start();
+  f.put(1, 20);
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[0]->delivered == Fixture::seq(1, 20));
+  CHECK(f.sinks[0]->abandons == 0);
+  CHECK(f.group->liveCount() == 0);
+}
+
+TEST_CASE("failed deliveries in flight log one warning per state change, with a count") {
+  test::LogCapture log;
+  Fixture f(1);
+  f.sinks[0]->hold = true;
+  f.sinks[0]->max_in_flight = 8;
+  f.group->start();
+  f.put(1, 80);
+  REQUIRE(f.tl.runUntil([&] { return f.group->inFlight() == 8; }));
+  f.sinks[0]->answerHeld(DeliveryResult::retry("broker gone"));
+  CHECK(log.count("warning sink s0: delivery failed (broker gone)") == 1);
+  // The eight failures are one outage: the penalty is not doubled eight times.
+  CHECK(f.counter("s0", "PenaltyTimeMsCount") <= 20);
+  CHECK(f.counter("s0", "ConnectionFailedCount") == 8);
+  f.sinks[0]->hold = false;
+  REQUIRE(f.tl.runUntil([&] { return f.group->lag() == 0; }));
+  CHECK(f.sinks[0]->delivered == Fixture::seq(1, 80));
+  CHECK(log.count("sink s0: delivering again (8 deliveries failed meanwhile)") == 1);
+  CHECK(log.count("warning") == 1);
 }

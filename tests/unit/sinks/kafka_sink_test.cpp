@@ -756,3 +756,56 @@ TEST_CASE("kafka sink: a producer that cannot be recreated does not hold deliver
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(4));
   CHECK(f->ctx.counter("ProducerRecreateCount") == 0);
 }
+
+TEST_CASE("kafka sink: unavailable within unready_after of losing its broker, then back") {
+  MockCluster mc(1);
+  mc.topic("t", 1, 1);
+  Fixture f(baseYaml(mc, "topic: t\nunready_after: 500ms\nmessage_timeout: 10min\n"));
+  size_t a = f.deliver(5);
+  REQUIRE(f.waitFor(a));
+  CHECK(f.results[a]->status == DeliveryStatus::Ok);
+  CHECK(f.sink->available());
+
+  // Given the broker goes down: the sink says unavailable after unready_after (plus at most a
+  // check interval and the time librdkafka takes to notice), and wakes the group.
+  int wakes = f.ctx.wakes;
+  rd_kafka_mock_broker_set_down(mc.mc, 1);
+  uv_update_time(&f.tl.loop);
+  uint64_t down_at = uv_now(&f.tl.loop);
+  REQUIRE(f.tl.runUntil([&] { return !f.sink->available(); }, 10000));
+  uint64_t took = uv_now(&f.tl.loop) - down_at;
+  MESSAGE("unavailable " << took << " ms after the broker went down");
+  CHECK(took >= 450);
+  CHECK(took < 3000);
+  CHECK(f.ctx.wakes > wakes);
+
+  // A delivery it holds is let go: answered Retry at once, not after message_timeout.
+  size_t b = f.deliver(5);
+  CHECK(f.sink->abandon());
+  REQUIRE(f.waitFor(b, 2000));
+  CHECK(f.results[b]->status == DeliveryStatus::Retry);
+  CHECK(f.ctx.gauge("EventsInFlight") == 0);
+
+  // The broker is back: available again, and deliveries go through.
+  wakes = f.ctx.wakes;
+  rd_kafka_mock_broker_set_up(mc.mc, 1);
+  REQUIRE(f.tl.runUntil([&] { return f.sink->available(); }, 15000));
+  CHECK(f.ctx.wakes > wakes);
+  size_t c = f.deliver(5);
+  REQUIRE(f.waitFor(c));
+  CHECK(f.results[c]->status == DeliveryStatus::Ok);
+}
+
+TEST_CASE("kafka sink: a broker dead from the start makes it unavailable after unready_after") {
+  MockCluster mc(1);
+  mc.topic("t", 1, 1);
+  rd_kafka_mock_broker_set_down(mc.mc, 1);
+  Fixture f(baseYaml(mc, "topic: t\nunready_after: 300ms\nmessage_timeout: 10min\n"));
+  uv_update_time(&f.tl.loop);
+  uint64_t start = uv_now(&f.tl.loop);
+  CHECK(f.sink->available());  // it has unready_after to connect
+  REQUIRE(f.tl.runUntil([&] { return !f.sink->available(); }, 10000));
+  uint64_t took = uv_now(&f.tl.loop) - start;
+  CHECK(took >= 250);
+  CHECK(took < 3000);
+}

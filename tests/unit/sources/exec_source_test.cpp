@@ -1,8 +1,8 @@
 #include "sources/exec/exec_source.h"
+#include "../log_capture.h"
 #include "source_fixture.h"
 
 #include <doctest/doctest.h>
-#include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 #include <yaml-cpp/yaml.h>
 
@@ -17,32 +17,8 @@ namespace sluice {
 namespace {
 
 using test::FakeSourceContext;
+using test::LogCapture;
 using test::TestLoop;
-
-// Captures spdlog output as "level message" lines while alive.
-class LogCapture {
- public:
-  LogCapture() : previous_(spdlog::default_logger()) {
-    auto sink = std::make_shared<spdlog::sinks::ostream_sink_st>(out_);
-    auto logger = std::make_shared<spdlog::logger>("exec_test_capture", sink);
-    logger->set_pattern("%l %v");
-    logger->set_level(spdlog::level::trace);
-    spdlog::set_default_logger(logger);
-  }
-  ~LogCapture() { spdlog::set_default_logger(previous_); }
-  bool contains(const std::string& s) const { return out_.str().find(s) != std::string::npos; }
-  std::string text() const { return out_.str(); }
-  size_t count(const std::string& s) const {
-    std::string t = out_.str();
-    size_t n = 0;
-    for (size_t at = t.find(s); at != std::string::npos; at = t.find(s, at + s.size())) ++n;
-    return n;
-  }
-
- private:
-  std::ostringstream out_;
-  std::shared_ptr<spdlog::logger> previous_;
-};
 
 ExecConfig config(std::string command) {
   ExecConfig c;
