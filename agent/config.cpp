@@ -637,7 +637,7 @@ void checkDataDir(const std::string& dir, Location where, Diagnostics& diag) {
     }
     return;
   }
-  if (errno != ENOENT) {
+  if (errno != ENOENT && errno != ENOTDIR) {
     diag.error(where, path, "cannot use '" + dir + "': " + std::strerror(errno));
     return;
   }
@@ -647,10 +647,19 @@ void checkDataDir(const std::string& dir, Location where, Diagnostics& diag) {
     p = p.parent_path();
     if (::stat(p.c_str(), &st) != 0) continue;
     if (!S_ISDIR(st.st_mode) || ::access(p.c_str(), W_OK | X_OK) != 0) {
-      diag.error(where, path,
-                 "'" + dir + "' does not exist and cannot be created: '" + p.string() +
-                     "' is not a directory this user (uid " + std::to_string(::getuid()) +
-                     ") can write");
+      std::string msg = "'" + dir + "' does not exist and cannot be created: '" + p.string() +
+                        "' is not a directory this user (uid " + std::to_string(::getuid()) +
+                        ") can write";
+      // The default directory missing is a developer's run of a demo, not a service (systemd's
+      // StateDirectory creates it): only the components that keep state there would fail.
+      if (where.line == 0) {
+        diag.warning(where, path,
+                     msg +
+                         "; file channels, positions and dead letters would fail to open "
+                         "(set agent.data_dir)");
+      } else {
+        diag.error(where, path, msg);
+      }
     }
     return;
   }

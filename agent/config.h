@@ -118,7 +118,8 @@ std::optional<Config> loadConfigText(const std::string& text, const std::string&
 // through here, so they accept and refuse the same files.
 std::optional<Config> loadConfigFile(const std::string& path, const Registry& registry,
                                      Diagnostics& diag, EnvLookup env);
-// Reports (at `where`, the key in the file) a data_dir this user can neither write nor create.
+// Reports (at `where`, the key in the file) a data_dir this user can neither write nor create;
+// only a warning for the default one when it is missing (`where` unknown).
 void checkDataDir(const std::string& dir, Location where, Diagnostics& diag);
 
 // The option tables of the parts every component of a kind shares, and of the agent section.

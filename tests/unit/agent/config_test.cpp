@@ -465,7 +465,17 @@ TEST_CASE("data_dir must be a directory the agent can write or create") {
   SUBCASE("below a regular file: cannot be created") {
     auto l = dir.load("  data_dir: " + (dir.path / "plain" / "state").string() + "\n");
     CHECK(!l.cfg);
-    CHECK(errorAt(l, "agent.data_dir").message.find("Not a directory") != std::string::npos);
+    CHECK(errorAt(l, "agent.data_dir")
+              .message.find("does not exist and cannot be created: '" +
+                            (dir.path / "plain").string() + "'") != std::string::npos);
+  }
+  SUBCASE("missing and not creatable: an error when written, a warning for the default") {
+    Diagnostics diag("x.yaml");
+    checkDataDir((dir.path / "plain" / "a" / "b").string(), {2, 13}, diag);
+    CHECK(diag.hasErrors());
+    Diagnostics defaulted("x.yaml");
+    checkDataDir((dir.path / "plain" / "a" / "b").string(), {}, defaulted);
+    CHECK_FALSE(defaulted.hasErrors());
   }
   SUBCASE("missing but creatable, or existing: accepted") {
     auto l = dir.load("  data_dir: " + (dir.path / "new" / "state").string() + "\n");
