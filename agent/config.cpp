@@ -1,11 +1,13 @@
 #include "agent/config.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -19,8 +21,9 @@ const OptionTable<AgentSettings>& agentTable() {
     OptionTable<AgentSettings> t;
     t.string("name", &AgentSettings::name, "",
              "Name of this agent, reported in metrics and logs; empty means the host name.");
-    t.string("data_dir", &AgentSettings::data_dir, "/var/lib/sluice",
-             "Directory for durable state (file channels, positions).");
+    t.path("data_dir", &AgentSettings::data_dir, "/var/lib/sluice",
+           "Directory for durable state (file channels, positions); must be writable, or "
+           "creatable, by the agent's user.");
     t.string("status", &AgentSettings::status, "",
              "host:port of the status server (/metrics, /metrics.json, /health); a bare :port "
              "listens on 127.0.0.1; empty turns it off.");
@@ -233,18 +236,34 @@ std::optional<Spec> parseComponent(Kind kind, const std::string& section, const 
     for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
     msg += "; known types: " + all;
     reader.diag().error(locationOf(body["type"]), path + ".type", msg);
-    auto shared = common.keys();
-    shared.insert(shared.end(), extra_keys.begin(), extra_keys.end());
-    checkKeys(body, shared, reader, path);  // still report typos among shared keys
+    // Still report typos, but not the options of the type the user meant: only keys that no
+    // type of this kind knows.
+    auto known = common.keys();
+    known.insert(known.end(), extra_keys.begin(), extra_keys.end());
+    for (const auto& t : registry.all()) {
+      if (t.kind != kind) continue;
+      for (const auto& o : t.options) known.push_back(o.key);
+    }
+    checkKeys(body, known, reader, path);
     return std::nullopt;
   }
   std::vector<std::string> known = common.keys();
   known.insert(known.end(), extra_keys.begin(), extra_keys.end());
   for (const auto& o : spec.type->options) known.push_back(o.key);
   checkKeys(body, known, reader, path);
+  size_t before = reader.diag().all().size();
   spec.config = spec.type->parse(body, reader, path);
   if (spec.type->validate) {
+    // A key whose value was already refused is left at its default; the validator's view of it
+    // (an empty list, say) would only repeat the first error.
+    std::set<std::string> refused;
+    const auto& items = reader.diag().all();
+    for (size_t i = before; i < items.size(); ++i) {
+      auto rest = items[i].path.substr(std::min(items[i].path.size(), path.size() + 1));
+      refused.insert(rest.substr(0, rest.find_first_of(".[")));
+    }
     for (const auto& [k, msg] : spec.type->validate(spec.config)) {
+      if (refused.count(k.substr(0, k.find('.')))) continue;
       reader.diag().error(locationOfKey(body, k), path + "." + k, msg);
     }
   }
@@ -481,20 +500,46 @@ void checkWiring(Config& cfg, Diagnostics& diag) {
   }
 }
 
+// yaml-cpp's message for `brokers: [${KAFKA}]` says nothing of the cause: in a flow list or
+// mapping, `{` and `}` are YAML's own, so a ${VAR} there must be quoted.
+std::string syntaxHint(const std::string& text, const YAML::Mark& mark) {
+  if (mark.is_null() || mark.line < 0) return "";
+  size_t start = 0;
+  for (int l = 0; l < mark.line && start != std::string::npos; ++l) {
+    start = text.find('\n', start);
+    if (start != std::string::npos) ++start;
+  }
+  if (start == std::string::npos) return "";
+  std::string line = text.substr(start, text.find('\n', start) - start);
+  if (line.find("${") == std::string::npos || line.find_first_of("[{") == std::string::npos) {
+    return "";
+  }
+  return " (inside [ ] or { }, quote a ${VAR}: ['${VAR}'])";
+}
+
 }  // namespace
 
-std::optional<Config> loadConfigText(const std::string& text, const std::string& file,
-                                     const Registry& registry, Diagnostics& diag, EnvLookup env) {
+namespace {
+
+// The whole of loadConfigText but the verdict: the Config as far as it could be read (the
+// file-system checks of loadConfigFile still look at it), or nullopt when not even that.
+std::optional<Config> parseConfig(const std::string& text, const std::string& file,
+                                  const Registry& registry, Diagnostics& diag, EnvLookup env) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     Location where;
     if (!e.mark.is_null()) where = {e.mark.line + 1, e.mark.column + 1};
-    diag.error(where, "", "YAML syntax: " + e.msg);
+    diag.error(where, "", "YAML syntax: " + e.msg + syntaxHint(text, e.mark));
     return std::nullopt;
   }
   ConfigReader reader(diag, std::move(env));
+  if (!file.empty()) {
+    std::error_code ec;
+    auto dir = std::filesystem::absolute(file, ec).parent_path();
+    if (!ec) reader.setBaseDir(dir.lexically_normal().string());
+  }
   Config cfg;
   cfg.file = file;
   if (root.IsNull() || !root.IsDefined()) {
@@ -504,6 +549,8 @@ std::optional<Config> loadConfigText(const std::string& text, const std::string&
     return std::nullopt;
   }
   YAML::Node agent = root["agent"];
+  if (agent.IsMap() && agent["data_dir"].IsDefined())
+    cfg.data_dir_at = locationOf(agent["data_dir"]);
   if (agent.IsDefined() && !agent.IsNull()) {
     if (checkKeys(agent, agentTable().keys(), reader, "agent")) {
       agentTable().fill(agent, cfg.agent, reader, "agent");
@@ -545,12 +592,25 @@ std::optional<Config> loadConfigText(const std::string& text, const std::string&
     }
   }
   checkWiring(cfg, diag);
+  return cfg;
+}
+
+}  // namespace
+
+std::optional<Config> loadConfigText(const std::string& text, const std::string& file,
+                                     const Registry& registry, Diagnostics& diag, EnvLookup env) {
+  auto cfg = parseConfig(text, file, registry, diag, std::move(env));
   if (diag.hasErrors()) return std::nullopt;
   return cfg;
 }
 
 std::optional<Config> loadConfigFile(const std::string& path, const Registry& registry,
                                      Diagnostics& diag, EnvLookup env) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    diag.error({}, "", "cannot read the configuration file: it is a directory");
+    return std::nullopt;
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     diag.error({}, "", "cannot read the configuration file: " + std::string(std::strerror(errno)));
@@ -558,7 +618,54 @@ std::optional<Config> loadConfigFile(const std::string& path, const Registry& re
   }
   std::stringstream ss;
   ss << in.rdbuf();
-  return loadConfigText(ss.str(), path, registry, diag, std::move(env));
+  auto cfg = parseConfig(ss.str(), path, registry, diag, std::move(env));
+  if (!cfg) return cfg;
+  bool refused = std::any_of(diag.all().begin(), diag.all().end(),
+                             [](const Diagnostic& d) { return d.path == "agent.data_dir"; });
+  if (!refused) checkDataDir(cfg->agent.data_dir, cfg->data_dir_at, diag);
+  if (diag.hasErrors()) return std::nullopt;
+  return cfg;
+}
+
+void checkDataDir(const std::string& dir, Location where, Diagnostics& diag) {
+  const std::string path = "agent.data_dir";
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) {
+      diag.error(where, path, "'" + dir + "' is not a directory");
+    } else if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+      diag.error(where, path,
+                 "'" + dir + "' is not writable by this user (uid " + std::to_string(::getuid()) +
+                     "): " + std::strerror(errno));
+    }
+    return;
+  }
+  if (errno != ENOENT && errno != ENOTDIR) {
+    diag.error(where, path, "cannot use '" + dir + "': " + std::strerror(errno));
+    return;
+  }
+  // Missing: the components create it, so the nearest existing ancestor must let them.
+  std::filesystem::path p(dir);
+  while (p.has_relative_path() && p.has_parent_path() && p != p.parent_path()) {
+    p = p.parent_path();
+    if (::stat(p.c_str(), &st) != 0) continue;
+    if (!S_ISDIR(st.st_mode) || ::access(p.c_str(), W_OK | X_OK) != 0) {
+      std::string msg = "'" + dir + "' does not exist and cannot be created: '" + p.string() +
+                        "' is not a directory this user (uid " + std::to_string(::getuid()) +
+                        ") can write";
+      // The default directory missing is a developer's run of a demo, not a service (systemd's
+      // StateDirectory creates it): only the components that keep state there would fail.
+      if (where.line == 0) {
+        diag.warning(where, path,
+                     msg +
+                         "; file channels, positions and dead letters would fail to open "
+                         "(set agent.data_dir)");
+      } else {
+        diag.error(where, path, msg);
+      }
+    }
+    return;
+  }
 }
 
 }  // namespace sluice

@@ -1,6 +1,6 @@
 #pragma once
 // The agent's configuration: one YAML file with the sections agent, sources, channels, sinks
-// and sink_groups. Loading is pure: it returns a Config or fills Diagnostics with every problem
+// and sink_groups. Loading returns a Config or fills Diagnostics with every problem
 // (syntax, unknown keys, bad values, wiring), each with file:line:column and key path.
 
 #include <any>
@@ -101,6 +101,7 @@ struct Config {
   std::vector<ChannelSpec> channels;
   std::vector<SinkSpec> sinks;
   std::vector<GroupSpec> groups;  // explicit groups first, then one implicit group per lone sink
+  Location data_dir_at;           // where agent.data_dir is written; unknown when defaulted
 
   const ChannelSpec* channel(const std::string& name) const;
   const SinkSpec* sink(const std::string& name) const;
@@ -111,8 +112,15 @@ EnvLookup processEnv();
 
 std::optional<Config> loadConfigText(const std::string& text, const std::string& file,
                                      const Registry& registry, Diagnostics& diag, EnvLookup env);
+// Reads the file, then loadConfigText (relative paths resolve against the file's directory),
+// then checks what the agent needs of the file system outside any component: that data_dir is
+// a directory this user can write (or create). `sluice check`, `run` and a reload all load
+// through here, so they accept and refuse the same files.
 std::optional<Config> loadConfigFile(const std::string& path, const Registry& registry,
                                      Diagnostics& diag, EnvLookup env);
+// Reports (at `where`, the key in the file) a data_dir this user can neither write nor create;
+// only a warning for the default one when it is missing (`where` unknown).
+void checkDataDir(const std::string& dir, Location where, Diagnostics& diag);
 
 // The option tables of the parts every component of a kind shares, and of the agent section.
 const OptionTable<AgentSettings>& agentTable();

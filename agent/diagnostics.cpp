@@ -7,28 +7,37 @@
 
 namespace sluice {
 
+void Diagnostics::add(Diagnostic::Severity severity, Location where, std::string path,
+                      std::string message) {
+  if (severity == Diagnostic::Severity::Error) ++errors_;
+  if (items_.size() >= kMaxKept) {
+    ++left_out_;
+    return;
+  }
+  items_.push_back({severity, where, std::move(path), std::move(message)});
+}
+
 void Diagnostics::error(Location where, std::string path, std::string message) {
-  items_.push_back({Diagnostic::Severity::Error, where, std::move(path), std::move(message)});
+  add(Diagnostic::Severity::Error, where, std::move(path), std::move(message));
 }
 
 void Diagnostics::warning(Location where, std::string path, std::string message) {
-  items_.push_back({Diagnostic::Severity::Warning, where, std::move(path), std::move(message)});
-}
-
-bool Diagnostics::hasErrors() const {
-  return std::any_of(items_.begin(), items_.end(),
-                     [](const Diagnostic& d) { return d.severity == Diagnostic::Severity::Error; });
+  add(Diagnostic::Severity::Warning, where, std::move(path), std::move(message));
 }
 
 std::string Diagnostics::format() const {
   std::string out;
+  const std::string& name = file_.empty() ? std::string("<config>") : file_;
   for (const auto& d : items_) {
-    out += file_.empty() ? "<config>" : file_;
+    out += name;
     if (d.where.line > 0)
       fmt::format_to(std::back_inserter(out), ":{}:{}", d.where.line, d.where.column);
     out += d.severity == Diagnostic::Severity::Error ? ": error: " : ": warning: ";
     if (!d.path.empty()) out += d.path + ": ";
     out += d.message + "\n";
+  }
+  if (left_out_ > 0) {
+    fmt::format_to(std::back_inserter(out), "{}: {} more problems not shown\n", name, left_out_);
   }
   return out;
 }

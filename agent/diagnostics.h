@@ -24,15 +24,25 @@ class Diagnostics {
   explicit Diagnostics(std::string file = {}) : file_(std::move(file)) {}
   void error(Location where, std::string path, std::string message);
   void warning(Location where, std::string path, std::string message);
-  bool hasErrors() const;
+  bool hasErrors() const { return errors_ > 0; }
+  // Every error, including those past the cap that are counted but not kept.
+  size_t errorCount() const { return errors_; }
   const std::vector<Diagnostic>& all() const { return items_; }
-  // One line per diagnostic: "file:line:col: error: path: message".
+  // One line per diagnostic: "file:line:col: error: path: message"; then, when errors were
+  // left out, how many.
   std::string format() const;
+  // At most this many diagnostics are kept (a generated file with 200,000 bad keys would
+  // otherwise print 200,000 lines); the rest are only counted.
+  static constexpr size_t kMaxKept = 100;
   const std::string& file() const { return file_; }
 
  private:
+  void add(Diagnostic::Severity severity, Location where, std::string path, std::string message);
+
   std::string file_;
   std::vector<Diagnostic> items_;
+  size_t errors_ = 0;
+  size_t left_out_ = 0;
 };
 
 // Edit distance, for did-you-mean suggestions.

@@ -4,6 +4,7 @@
 
 #include <cctype>
 #include <limits>
+#include <unordered_set>
 
 namespace sluice {
 
@@ -244,26 +245,36 @@ bool checkKeys(const YAML::Node& map, const std::vector<std::string>& known, Con
     reader.diag().error(locationOf(map), path, "expected a mapping of keys to values");
     return false;
   }
-  std::vector<std::string> seen;
+  // Sets, not scans: a file with many keys (generated, or pasted twice) stays linear.
+  std::unordered_set<std::string> known_set(known.begin(), known.end());
+  std::unordered_set<std::string> seen;
   for (const auto& kv : map) {
     auto key = kv.first.Scalar();
     auto where = locationOf(kv.first);
-    bool is_known = false;
-    for (const auto& k : known) is_known = is_known || k == key;
-    if (!is_known) {
+    if (!seen.insert(key).second) {
+      reader.diag().error(where, path.empty() ? key : path + "." + key, "duplicate key");
+    } else if (!known_set.count(key)) {
       std::string msg = "unknown key '" + key + "'";
       auto near = nearest(key, known);
       if (!near.empty()) msg += " (did you mean '" + near + "'?)";
       reader.diag().error(where, path.empty() ? key : path + "." + key, msg);
     }
-    for (const auto& s : seen) {
-      if (s == key) {
-        reader.diag().error(where, path.empty() ? key : path + "." + key, "duplicate key");
-      }
-    }
-    seen.push_back(key);
   }
   return true;
+}
+
+bool ConfigReader::maySecret(const std::string& path) {
+  std::string lower;
+  for (char c : path) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (const char* word : {"password", "secret", "token", "credential", "passphrase"}) {
+    if (lower.find(word) != std::string::npos) return true;
+  }
+  return false;
+}
+
+std::string ConfigReader::resolvePath(const std::string& path) const {
+  if (path.empty() || path[0] == '/' || base_dir_.empty()) return path;
+  return base_dir_ + "/" + path;
 }
 
 }  // namespace sluice

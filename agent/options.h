@@ -62,25 +62,39 @@ class ConfigReader {
   std::optional<std::vector<std::string>> stringList(const YAML::Node& node,
                                                      const std::string& path);
   Diagnostics& diag() { return diag_; }
-  // How a value is quoted in a diagnostic: as the user wrote it. A value that came from the
-  // environment may be a secret, so its expansion is never echoed.
-  static std::string shown(const YAML::Node& node, const std::string& value) {
-    return node.Scalar() == value ? value : node.Scalar() + " (expanded from the environment)";
+  // Relative paths in the file are read against this directory (the configuration file's), so
+  // the working directory (`/` under systemd) does not matter. Empty: left relative.
+  void setBaseDir(std::string dir) { base_dir_ = std::move(dir); }
+  std::string resolvePath(const std::string& path) const;
+  // How a value is quoted in a diagnostic: as the user wrote it, and for a value that came from
+  // the environment also what it expanded to, unless the key may hold a secret (see
+  // maySecret), whose expansion is never echoed.
+  static std::string shown(const YAML::Node& node, const std::string& value,
+                           const std::string& path) {
+    if (node.Scalar() == value) return value;
+    if (maySecret(path)) return node.Scalar() + " (expanded from the environment, value hidden)";
+    return node.Scalar() + " (expanded to '" + value + "')";
   }
-  // A parser's error message, unless the value came from the environment (see shown()).
+  // A parser's error message, quoting the value as shown() does.
   static std::string parseError(const YAML::Node& node, const std::string& value,
-                                const std::string& error, const std::string& what) {
-    return node.Scalar() == value ? error : shown(node, value) + " is not a valid " + what;
+                                const std::string& path, const std::string& error,
+                                const std::string& what) {
+    return node.Scalar() == value ? error
+                                  : shown(node, value, path) + " is not a valid " + what + ": " +
+                                        (maySecret(path) ? "hidden" : error);
   }
+  // Whether a key path names something secret (password, secret, token, credentials).
+  static bool maySecret(const std::string& path);
 
  private:
   Diagnostics& diag_;
   EnvLookup env_;
+  std::string base_dir_;
 };
 
 struct OptionInfo {
   std::string key;
-  std::string type;  // string, bool, integer, size, duration, choice, list
+  std::string type;  // string, path, bool, integer, size, duration, choice, list
   std::string default_text;
   std::string help;
   bool required = false;
@@ -122,6 +136,14 @@ class OptionTable {
           }
         });
   }
+  // A file or directory; a relative one is resolved against the configuration file's directory.
+  OptionTable& path(std::string key, std::string Cfg::*member, std::string def, std::string help) {
+    return add(
+        makeInfo(key, "path", def, help), [member, def](Cfg& c) { c.*member = def; },
+        [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          if (auto v = r.scalar(n, path)) c.*member = r.resolvePath(*v);
+        });
+  }
   OptionTable& boolean(std::string key, bool Cfg::*member, bool def, std::string help) {
     return add(
         makeInfo(key, "bool", def ? "true" : "false", help),
@@ -135,7 +157,7 @@ class OptionTable {
             c.*member = false;
           } else {
             r.diag().error(locationOf(n), path,
-                           "expected true or false, got '" + r.shown(n, *v) + "'");
+                           "expected true or false, got '" + r.shown(n, *v, path) + "'");
           }
         });
   }
@@ -151,11 +173,11 @@ class OptionTable {
           uint64_t value = 0;
           if (!parseUnsigned(*v, value)) {
             r.diag().error(locationOf(n), path,
-                           "expected a whole number, got '" + r.shown(n, *v) + "'");
+                           "expected a whole number, got '" + r.shown(n, *v, path) + "'");
           } else if (value < min || value > max) {
             r.diag().error(locationOf(n), path,
                            "must be between " + std::to_string(min) + " and " +
-                               std::to_string(max) + ", got " + r.shown(n, *v));
+                               std::to_string(max) + ", got " + r.shown(n, *v, path));
           } else {
             c.*member = value;
           }
@@ -175,11 +197,11 @@ class OptionTable {
           std::string error;
           auto value = parseSize(*v, error);
           if (!value) {
-            r.diag().error(locationOf(n), path, r.parseError(n, *v, error, "size"));
+            r.diag().error(locationOf(n), path, r.parseError(n, *v, path, error, "size"));
           } else if (*value < min || *value > max) {
             r.diag().error(locationOf(n), path,
                            "must be between " + formatSize(min) + " and " + formatSize(max) +
-                               ", got " + r.shown(n, *v));
+                               ", got " + r.shown(n, *v, path));
           } else {
             c.*member = *value;
           }
@@ -199,11 +221,11 @@ class OptionTable {
           std::string error;
           auto value = parseDuration(*v, error);
           if (!value) {
-            r.diag().error(locationOf(n), path, r.parseError(n, *v, error, "duration"));
+            r.diag().error(locationOf(n), path, r.parseError(n, *v, path, error, "duration"));
           } else if (*value < min || *value > max) {
             r.diag().error(locationOf(n), path,
                            "must be between " + formatDuration(min) + " and " +
-                               formatDuration(max) + ", got " + r.shown(n, *v));
+                               formatDuration(max) + ", got " + r.shown(n, *v, path));
           } else {
             c.*member = *value;
           }
@@ -225,7 +247,7 @@ class OptionTable {
             }
           }
           std::string msg =
-              fmt::format("'{}' is not one of {}", r.shown(n, *v), joinChoices(choices));
+              fmt::format("'{}' is not one of {}", r.shown(n, *v, path), joinChoices(choices));
           auto near = nearest(*v, choices);
           if (!near.empty()) msg += " (did you mean '" + near + "'?)";
           r.diag().error(locationOf(n), path, msg);
@@ -259,7 +281,7 @@ class OptionTable {
           auto re = compileRegex(*v, error);
           if (!re) {
             r.diag().error(locationOf(n), path,
-                           "bad regular expression '" + r.shown(n, *v) + "': " + error);
+                           "bad regular expression '" + r.shown(n, *v, path) + "': " + error);
             return;
           }
           c.*member = Regex{*v, std::move(re)};

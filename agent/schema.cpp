@@ -65,8 +65,15 @@ std::string defaultText(const OptionInfo& o) {
 
 }  // namespace
 
-std::string renderSchema(const Registry& registry, SchemaFormat format) {
+std::string renderSchema(const Registry& registry, SchemaFormat format, const std::string& only) {
   auto all = sections(registry);
+  if (!only.empty()) {
+    std::erase_if(all, [&](const Section& s) {
+      return s.title.find("(type: " + only + ")") == std::string::npos &&
+             s.title.substr(0, s.title.find('.')) != only;
+    });
+    if (all.empty()) return "";
+  }
   if (format == SchemaFormat::Json) {
     nlohmann::ordered_json j = nlohmann::ordered_json::array();
     for (const auto& s : all) {
@@ -92,7 +99,10 @@ std::string renderSchema(const Registry& registry, SchemaFormat format) {
     out +=
         "Sizes take units (`512KiB`, `64MiB`, `8GiB`; `KB`/`MB`/`GB` are decimal), durations "
         "too (`250ms`, `30s`, `5m`, `1h`, `1d`). `${VAR}` and `${VAR:-default}` expand from "
-        "the environment; `$$` is a literal `$`.\n";
+        "the environment; `$$` is a literal `$`; inside a flow list or mapping quote it "
+        "(`brokers: ['${KAFKA}']`), since `{` and `}` are YAML's own there. Options of type "
+        "`path` that are relative are resolved against the directory of the configuration "
+        "file, not the working directory (which is `/` under systemd).\n";
     for (const auto& s : all) {
       out += "\n## `" + s.title + "`\n\n" + s.help + "\n\n";
       if (s.options.empty()) {

@@ -8,6 +8,9 @@
 namespace sluice {
 
 enum class SchemaFormat { Text, Markdown, Json };
-std::string renderSchema(const Registry& registry, SchemaFormat format);
+// `only`: just the sections of that component type (`kafka`) or section (`agent`,
+// `sink_groups`); empty: all. Returns "" when nothing matches.
+std::string renderSchema(const Registry& registry, SchemaFormat format,
+                         const std::string& only = "");
 
 }  // namespace sluice

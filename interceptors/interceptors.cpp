@@ -20,7 +20,7 @@ namespace {
 struct HostConfig {
   std::string header;
   bool use_ip = false;
-  bool preserve_existing = false;
+  bool preserve_existing = true;
   bool operator==(const HostConfig&) const = default;
 };
 
@@ -281,8 +281,11 @@ void registerInterceptors(Registry& registry) {
     t.string("header", &HostConfig::header, "host", "Header to set.");
     t.boolean("use_ip", &HostConfig::use_ip, false,
               "The first non-loopback IPv4 address instead of the host name.");
-    t.boolean("preserve_existing", &HostConfig::preserve_existing, false,
-              "Keep the header where an event already has it.");
+    // An event that already names its host (the syslog source sets `host` to the sender's
+    // name) keeps it by default: the agent's own name would hide where the line came from.
+    t.boolean("preserve_existing", &HostConfig::preserve_existing, true,
+              "Keep the header where an event already has it (a syslog sender's host); false "
+              "overwrites it with this agent's host. To keep both, set another header.");
     registry.addInterceptor<HostConfig>("host", "Puts the host name (or IP) into a header.", t,
                                         maker<HostInterceptor, HostConfig>());
   }

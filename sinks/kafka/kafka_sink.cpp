@@ -1389,9 +1389,9 @@ const OptionTable<KafkaConfig>& kafkaOptionTable() {
                "With no broker connected for this long (from the start, or since the last "
                "connection was lost) the sink is unavailable: a sink group with other sinks "
                "takes its deliveries back and uses them. 0: never.");
-    t.string("dead_letter_path", &C::dead_letter_path, "",
-             "JSON-lines file for permanently refused events; default "
-             "<agent.data_dir>/dead_letter/<sink name>.jsonl.");
+    t.path("dead_letter_path", &C::dead_letter_path, "",
+           "JSON-lines file for permanently refused events; default "
+           "<agent.data_dir>/dead_letter/<sink name>.jsonl.");
     t.stringMap("properties", &C::properties,
                 "Pass-through librdkafka properties; keys a first-class option owns are "
                 "refused.");
@@ -1400,16 +1400,16 @@ const OptionTable<KafkaConfig>& kafkaOptionTable() {
     t.string("sasl_username", &C::sasl_username, "", "SASL user name.");
     t.string("sasl_password", &C::sasl_password, "",
              "SASL password; write ${ENV_VAR}, or use sasl_password_file. Never logged.");
-    t.string("sasl_password_file", &C::sasl_password_file, "",
-             "File holding the SASL password (trailing newline ignored).");
+    t.path("sasl_password_file", &C::sasl_password_file, "",
+           "File holding the SASL password (trailing newline ignored).");
     t.boolean("tls", &C::tls, false, "Connect with TLS.");
-    t.string("tls_ca_file", &C::tls_ca_file, "", "CA certificate(s) to verify brokers (PEM).");
-    t.string("tls_cert_file", &C::tls_cert_file, "", "Client certificate (PEM).");
-    t.string("tls_key_file", &C::tls_key_file, "", "Client private key (PEM).");
+    t.path("tls_ca_file", &C::tls_ca_file, "", "CA certificate(s) to verify brokers (PEM).");
+    t.path("tls_cert_file", &C::tls_cert_file, "", "Client certificate (PEM).");
+    t.path("tls_key_file", &C::tls_key_file, "", "Client private key (PEM).");
     t.string("tls_key_password", &C::tls_key_password, "",
              "Password of the client key; write ${ENV_VAR}. Never logged.");
-    t.string("tls_key_password_file", &C::tls_key_password_file, "",
-             "File holding the password of the client key.");
+    t.path("tls_key_password_file", &C::tls_key_password_file, "",
+           "File holding the password of the client key.");
     return t;
   }();
   return table;
@@ -1469,6 +1469,22 @@ ConfigErrors validateKafkaConfig(const KafkaConfig& cfg) {
   if (!cfg.tls_key_password.empty() && !cfg.tls_key_password_file.empty()) {
     errors.emplace_back("tls_key_password_file",
                         "set tls_key_password or tls_key_password_file, not both");
+  }
+  // Files the producer reads when it starts: refused now rather than by librdkafka at run time.
+  for (const auto& [key, file] : {std::pair{"sasl_password_file", &cfg.sasl_password_file},
+                                  {"tls_ca_file", &cfg.tls_ca_file},
+                                  {"tls_cert_file", &cfg.tls_cert_file},
+                                  {"tls_key_file", &cfg.tls_key_file},
+                                  {"tls_key_password_file", &cfg.tls_key_password_file}}) {
+    if (file->empty()) continue;
+    struct stat st {};
+    int fd = -1;
+    if (::stat(file->c_str(), &st) != 0 || (fd = ::open(file->c_str(), O_RDONLY)) < 0) {
+      errors.emplace_back(key, "cannot read '" + *file + "': " + std::strerror(errno));
+    } else if (!S_ISREG(st.st_mode)) {
+      errors.emplace_back(key, "'" + *file + "' is not a regular file");
+    }
+    if (fd >= 0) ::close(fd);
   }
   if (!cfg.tls &&
       (!cfg.tls_ca_file.empty() || !cfg.tls_cert_file.empty() || !cfg.tls_key_file.empty() ||

@@ -103,6 +103,37 @@ sinks:
   CHECK(missing.err.find("cannot read the configuration file") != std::string::npos);
 }
 
+TEST_CASE("check refuses what run would: unreadable Kafka files, a data_dir it cannot use") {
+  // Given a Kafka sink whose CA file is missing and a data_dir that is a regular file
+  TempDir dir;
+  writeFile(dir.file("plain"), "x");
+  std::string kafka =
+      "sinks:\n  k:\n    type: kafka\n    channel: mem\n"
+      "    brokers: [127.0.0.1:9]\n    topic: t\n    tls: true\n"
+      "    tls_ca_file: ca.pem\n";
+  std::string rest =
+      "sources:\n  cmd: {type: exec, command: 'true', channels: [mem]}\n"
+      "channels:\n  mem: {type: memory}\n";
+  writeFile(dir.file("bad.yaml"), "agent:\n  data_dir: " + dir.file("plain") + "\n" + rest + kafka);
+  // Then check and run both refuse, each problem at its key
+  for (const char* verb : {"check", "run"}) {
+    auto r = runSluice({verb, "-c", dir.file("bad.yaml")}, dir);
+    INFO(verb << ": " << r.err);
+    CHECK(r.code == 1);
+    CHECK(r.err.find(dir.file("bad.yaml") + ":14:18: error: sinks.k.tls_ca_file: cannot read '" +
+                     dir.file("ca.pem") + "': No such file or directory") != std::string::npos);
+    CHECK(r.err.find(dir.file("bad.yaml") + ":2:13: error: agent.data_dir: '" + dir.file("plain") +
+                     "' is not a directory") != std::string::npos);
+  }
+  // And once the CA file exists next to the configuration (the working directory is elsewhere)
+  // and data_dir is usable, check accepts it
+  writeFile(dir.file("ca.pem"), "not really a certificate\n");
+  writeFile(dir.file("good.yaml"), "agent:\n  data_dir: state\n" + rest + kafka);
+  auto ok = runSluice({"check", "-c", dir.file("good.yaml")}, dir);
+  INFO(ok.err);
+  CHECK(ok.code == 0);
+}
+
 TEST_CASE("check accepts a good file; schema, version and usage errors") {
   TempDir dir;
   writeFile(dir.file("a.yaml"), pipelineConfig("true"));
@@ -114,10 +145,34 @@ TEST_CASE("check accepts a good file; schema, version and usage errors") {
   for (const char* t : {"(type: exec)", "(type: memory)", "(type: stdout)", "(type: null)"}) {
     CHECK(schema.out.find(t) != std::string::npos);
   }
-  auto version = runSluice({"version"}, dir);
-  CHECK(version.code == 0);
-  CHECK(version.out.rfind("sluice ", 0) == 0);
-  CHECK(runSluice({"frobnicate"}, dir).code != 0);
+  for (const char* how : {"version", "--version"}) {
+    auto version = runSluice({how}, dir);
+    INFO(how << ": " << version.out);
+    CHECK(version.code == 0);
+    CHECK(version.out.rfind("sluice ", 0) == 0);
+    CHECK(version.out.find(" (commit ") != std::string::npos);
+    CHECK(version.out.find("\nlibrdkafka ") != std::string::npos);
+    CHECK(version.out.find("\nlibuv ") != std::string::npos);
+    CHECK(version.out.find("\nOpenSSL ") != std::string::npos);
+  }
+  auto top = runSluice({"top"}, dir);
+  CHECK(top.code == 2);
+  CHECK(top.err.find("sluice: unknown command 'top'") == 0);
+  CHECK(top.err.find("commands: run, check, schema, version, channel") != std::string::npos);
+  auto typo = runSluice({"--log-level", "debug", "chek"}, dir);
+  CHECK(typo.err.find("unknown command 'chek' (did you mean 'check'?)") != std::string::npos);
+  auto kafka = runSluice({"schema", "kafka"}, dir);
+  CHECK(kafka.code == 0);
+  CHECK(kafka.out.find("sinks.<name> (type: kafka)") == 0);
+  CHECK(kafka.out.find("(type: exec)") == std::string::npos);
+  auto nothing = runSluice({"schema", "kafak"}, dir);
+  CHECK(nothing.code == 2);
+  CHECK(nothing.err.find("no component type or section 'kafak' (did you mean 'kafka'?)") !=
+        std::string::npos);
+  auto directory = runSluice({"check", "-c", dir.path()}, dir);
+  CHECK(directory.code == 1);
+  CHECK(directory.err.find(dir.path() + ": error: cannot read the configuration file: it is a "
+                                        "directory") != std::string::npos);
   CHECK(runSluice({"run", "--log-level", "loud"}, dir).code != 0);
 }
 

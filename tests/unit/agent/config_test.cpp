@@ -1,6 +1,9 @@
 #include <doctest/doctest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <random>
 
 #include "agent/config.h"
 #include "agent/schema.h"
@@ -22,6 +25,8 @@ struct FakeChannelCfg {
 };
 struct FakeSinkCfg {
   std::string format;
+  std::vector<std::string> targets;
+  std::string ca_file;
   bool operator==(const FakeSinkCfg&) const = default;
 };
 
@@ -44,8 +49,22 @@ const Registry& testRegistry() {
             [](const FakeChannelCfg&, const BuildContext&) { return std::shared_ptr<Channel>(); }));
     OptionTable<FakeSinkCfg> sk;
     sk.choice("format", &FakeSinkCfg::format, {"text", "json"}, "text", "output format");
+    sk.list("targets", &FakeSinkCfg::targets, false, "where to");
+    sk.path("ca_file", &FakeSinkCfg::ca_file, "", "a file");
     reg.addSink<FakeSinkCfg>(
         "stdout", "prints", sk,
+        [](const FakeSinkCfg&, const BuildContext&) -> SinkPtr { return nullptr; },
+        [](const FakeSinkCfg& c) {
+          ConfigErrors errors;
+          if (c.format == "json" && c.targets.empty()) {
+            errors.emplace_back("targets", "json needs at least one target");
+          }
+          return errors;
+        });
+    OptionTable<FakeSinkCfg> other;
+    other.string("endpoint", &FakeSinkCfg::format, "", "an option only this type has");
+    reg.addSink<FakeSinkCfg>(
+        "http", "posts", other,
         [](const FakeSinkCfg&, const BuildContext&) -> SinkPtr { return nullptr; });
     return reg;
   }();
@@ -101,6 +120,7 @@ sinks:
     type: stdout
     channel: mem
     format: json
+    targets: [a]
 )";
 
 }  // namespace
@@ -324,14 +344,162 @@ TEST_CASE("edit distance and nearest") {
   CHECK(nearest("zzzzzz", {"channels", "sinks"}).empty());
 }
 
-TEST_CASE("a value from the environment is never echoed in a diagnostic") {
-  env_vars["SECRET_SIZE"] = "hunter2";
+TEST_CASE("a value from the environment is shown expanded, unless its key may be a secret") {
+  env_vars["SIZE"] = "8 MiBs";
   std::string text = kGood;
-  text.replace(text.find("max_bytes: 8MiB"), 15, "max_bytes: ${SECRET_SIZE}");
+  text.replace(text.find("max_bytes: 8MiB"), 15, "max_bytes: ${SIZE}");
   auto l = load(text);
   CHECK(!l.cfg);
-  auto all = l.diag.format();
-  CHECK(all.find("hunter2") == std::string::npos);
   CHECK(errorAt(l, "channels.mem.max_bytes").message ==
-        "${SECRET_SIZE} (expanded from the environment) is not a valid size");
+        "${SIZE} (expanded to '8 MiBs') is not a valid size: unknown size unit 'MiBs' in '8 "
+        "MiBs' (use B, KiB, MiB, GiB, TiB, KB, MB, GB)");
+  env_vars["SECRET_SIZE"] = "hunter2";
+  text = kGood;
+  for (const char* from : {"[mem]", "  mem:", "channel: mem"}) {
+    std::string to = from;
+    to.replace(to.find("mem"), 3, "secret");
+    text.replace(text.find(from), std::string(from).size(), to);
+  }
+  text.replace(text.find("max_bytes: 8MiB"), 15, "max_bytes: ${SECRET_SIZE}");
+  auto hidden = load(text);
+  CHECK(!hidden.cfg);
+  CHECK(hidden.diag.format().find("hunter2") == std::string::npos);
+  CHECK(errorAt(hidden, "channels.secret.max_bytes").message ==
+        "${SECRET_SIZE} (expanded from the environment, value hidden) is not a valid size: "
+        "hidden");
+}
+
+TEST_CASE("one mistake, one error") {
+  SUBCASE("a mistyped type does not also flag the options of the type meant") {
+    auto l = load(R"(sources:
+  a: {type: exce, command: x, batch_size: 5, shell: false, comand: y, channels: [m]}
+)");
+    CHECK(!l.cfg);
+    INFO(l.diag.format());
+    CHECK(l.diag.errorCount() == 2);
+    CHECK(errorAt(l, "sources.a.type").message.find("unknown source type 'exce'") == 0);
+    CHECK(errorAt(l, "sources.a.comand").message.find("unknown key 'comand'") == 0);
+  }
+  SUBCASE("a list entry that failed to expand is not also reported empty by the validator") {
+    std::string text = kGood;
+    text.replace(text.find("targets: [a]"), 12, "targets: ['${NOPE}']");
+    auto l = load(text);
+    CHECK(!l.cfg);
+    INFO(l.diag.format());
+    CHECK(l.diag.errorCount() == 1);
+    CHECK(errorAt(l, "sinks.out.targets[0]").message.find("NOPE is not set") != std::string::npos);
+  }
+  SUBCASE("the validator still speaks when the key itself was fine") {
+    std::string text = kGood;
+    text.replace(text.find("targets: [a]"), 12, "targets: []");
+    auto l = load(text);
+    CHECK(errorAt(l, "sinks.out.targets").where.line == 18);
+  }
+}
+
+TEST_CASE("${VAR} inside a flow list: quoted it expands, bare it gets a hint") {
+  std::string text = kGood;
+  text.replace(text.find("targets: [a]"), 12, "targets: ['${HOME_DIR}', b]");
+  auto l = load(text);
+  INFO(l.diag.format());
+  REQUIRE(l.cfg);
+  CHECK(std::any_cast<const FakeSinkCfg&>(l.cfg->sinks[0].config).targets ==
+        std::vector<std::string>{"/srv", "b"});
+  text.replace(text.find("'${HOME_DIR}'"), 13, "${HOME_DIR}");
+  auto bare = load(text);
+  CHECK(!bare.cfg);
+  CHECK(bare.diag.format().find("quote a ${VAR}: ['${VAR}']") != std::string::npos);
+}
+
+TEST_CASE("thousands of bad keys: every one counted, the first hundred shown") {
+  std::string text = kGood;
+  for (int i = 0; i < 5000; ++i) text += "    k" + std::to_string(i) + ": 1\n";
+  text += "    k0: 2\n";
+  auto l = load(text);
+  CHECK(!l.cfg);
+  CHECK(l.diag.errorCount() == 5001);  // 5000 unknown keys, one duplicate (not also unknown)
+  CHECK(l.diag.all().size() == Diagnostics::kMaxKept);
+  CHECK(l.diag.format().find("test.yaml: 4901 more problems not shown\n") != std::string::npos);
+}
+
+namespace {
+
+struct ConfigDir {
+  std::filesystem::path path;
+  ConfigDir() {
+    std::random_device rd;
+    path = std::filesystem::temp_directory_path() /
+           ("sluice-config-" + std::to_string(rd()) + std::to_string(rd()));
+    std::filesystem::create_directories(path);
+  }
+  ~ConfigDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  // Writes sluice.yaml (kGood with these agent lines and sink lines) and loads it from the file.
+  Loaded load(const std::string& agent_lines, const std::string& sink_lines = "") const {
+    std::string text = kGood;
+    text.replace(text.find("  name: pos-1\n"), 0, agent_lines);
+    text += sink_lines;
+    std::ofstream(path / "sluice.yaml") << text;
+    Loaded l;
+    l.diag = Diagnostics((path / "sluice.yaml").string());
+    l.cfg = loadConfigFile((path / "sluice.yaml").string(), testRegistry(), l.diag, fakeEnv());
+    return l;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("data_dir must be a directory the agent can write or create") {
+  ConfigDir dir;
+  std::ofstream(dir.path / "plain") << "x";
+  SUBCASE("a regular file") {
+    auto l = dir.load("  data_dir: " + (dir.path / "plain").string() + "\n");
+    CHECK(!l.cfg);
+    auto d = errorAt(l, "agent.data_dir");
+    CHECK(d.where.line == 2);
+    CHECK(d.where.column == 13);
+    CHECK(d.message.find("is not a directory") != std::string::npos);
+  }
+  SUBCASE("below a regular file: cannot be created") {
+    auto l = dir.load("  data_dir: " + (dir.path / "plain" / "state").string() + "\n");
+    CHECK(!l.cfg);
+    CHECK(errorAt(l, "agent.data_dir")
+              .message.find("does not exist and cannot be created: '" +
+                            (dir.path / "plain").string() + "'") != std::string::npos);
+  }
+  SUBCASE("missing and not creatable: an error when written, a warning for the default") {
+    Diagnostics diag("x.yaml");
+    checkDataDir((dir.path / "plain" / "a" / "b").string(), {2, 13}, diag);
+    CHECK(diag.hasErrors());
+    Diagnostics defaulted("x.yaml");
+    checkDataDir((dir.path / "plain" / "a" / "b").string(), {}, defaulted);
+    CHECK_FALSE(defaulted.hasErrors());
+  }
+  SUBCASE("missing but creatable, or existing: accepted") {
+    auto l = dir.load("  data_dir: " + (dir.path / "new" / "state").string() + "\n");
+    INFO(l.diag.format());
+    CHECK(l.cfg);
+    CHECK(dir.load("  data_dir: " + dir.path.string() + "\n").cfg);
+  }
+}
+
+TEST_CASE("relative paths resolve against the configuration file's directory") {
+  ConfigDir dir;
+  auto l = dir.load("  data_dir: state\n", "    ca_file: certs/ca.pem\n");
+  INFO(l.diag.format());
+  REQUIRE(l.cfg);
+  CHECK(l.cfg->agent.data_dir == (dir.path / "state").string());
+  CHECK(std::any_cast<const FakeSinkCfg&>(l.cfg->sinks[0].config).ca_file ==
+        (dir.path / "certs/ca.pem").string());
+  auto absolute = dir.load("  data_dir: " + (dir.path / "abs").string() + "\n");
+  REQUIRE(absolute.cfg);
+  CHECK(absolute.cfg->agent.data_dir == (dir.path / "abs").string());
+}
+
+TEST_CASE("a directory given as the configuration file is an error, not an empty config") {
+  Diagnostics diag("/tmp");
+  CHECK(!loadConfigFile("/tmp", testRegistry(), diag, fakeEnv()));
+  CHECK(diag.format() == "/tmp: error: cannot read the configuration file: it is a directory\n");
 }

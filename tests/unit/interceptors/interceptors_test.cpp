@@ -104,6 +104,25 @@ TEST_CASE("interceptors run in order: filter, extract, static, host, timestamp, 
   CHECK(b.size() == 3);
 }
 
+TEST_CASE("host keeps a host the event already has (a syslog sender's) unless told otherwise") {
+  // Given events of which one names its sender, as the syslog source does in `host`
+  Diagnostics diag("t.yaml");
+  auto keep = load("    interceptors: [{type: host}]\n", diag);
+  auto overwrite = load("    interceptors: [{type: host, preserve_existing: false}]\n", diag);
+  INFO(diag.format());
+  REQUIRE(keep);
+  REQUIRE(overwrite);
+  for (bool preserve : {true, false}) {
+    Batch b = lines({"from the terminal", "from here"});
+    b.setHeader(0, "host", "pos-terminal-17");
+    build(preserve ? *keep : *overwrite)[0]->apply(b);
+    // Then by default the sender's name stays and only the event without one gets ours
+    CHECK((header(b, 0, "host") == "pos-terminal-17") == preserve);
+    CHECK(header(b, 1, "host") != "<none>");
+    CHECK(header(b, 1, "host") != "pos-terminal-17");
+  }
+}
+
 TEST_CASE("regex_filter without exclude keeps only matching events") {
   Diagnostics diag("t.yaml");
   auto cfg = load("    interceptors: [{type: regex_filter, regex: '^GET '}]\n", diag);
