@@ -1113,6 +1113,7 @@ void FileChannel::writeCursor(FileCursor* c) {
   job.kind = Job::Kind::WriteFile;
   job.path = dir_ + "/cursor-" + escapeName(c->name_);
   job.content = withCrc(std::move(s));
+  job.overwrite = true;
   enqueue(std::move(job));
 }
 
@@ -1134,7 +1135,9 @@ void FileChannel::schedule() {
 }
 
 void FileChannel::updateRef() {
-  bool want = inflight_ > 0 || dispatch_pending_;
+  // Puts waiting for a disk that keeps failing do not hold the loop: a stopping agent's loop
+  // ends, and destroying the channel stops the writer (those puts were never acknowledged).
+  bool want = (inflight_ > 0 && !write_failing_.load()) || dispatch_pending_;
   if (want == referenced_) return;
   referenced_ = want;
   if (want) {
@@ -1312,13 +1315,49 @@ bool FileChannel::writeMetaOnce(const Job& job) {
   }
   std::string tmp = job.path + ".tmp";
   int fd = ops_->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return false;
-  bool ok = writeAll(fd, job.content, 0) && ops_->fsync(fd) == 0;
-  ops_->close(fd);
-  if (ok) ok = ops_->rename(tmp, job.path) == 0;
-  if (ok) ok = ops_->fsyncDir(dir_) == 0;
+  bool ok = fd >= 0;
+  if (ok) {
+    ok = writeAll(fd, job.content, 0) && ops_->fsync(fd) == 0;
+    ops_->close(fd);
+    if (ok) ok = ops_->rename(tmp, job.path) == 0;
+    if (ok) ok = ops_->fsyncDir(dir_) == 0;
+  }
+  if (!ok && job.overwrite) {
+    // A full volume has no block for a new file: a cursor file (fixed size, CRC-checked, one
+    // sector) is then overwritten where it is, which needs none. Torn, it reads as unreadable
+    // and the consumer starts again from the oldest segment: delivered twice, never lost.
+    ops_->unlink(tmp);
+    int in_place = ops_->open(job.path, O_WRONLY, 0);
+    if (in_place >= 0) {
+      ok = writeAll(in_place, job.content, 0) && ops_->fsync(in_place) == 0;
+      ops_->close(in_place);
+    }
+  }
   if (!ok) spdlog::error("file channel '{}': cannot write {}; retrying", name_, job.path);
   return ok;
+}
+
+void FileChannel::runMetaBehind(std::vector<Job>& jobs, size_t from) {
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& job : jobs_) jobs.push_back(std::move(job));
+    jobs_.clear();
+  }
+  // Metadata jobs keep their order among themselves (an unlink never overtakes the cursor file
+  // written for it); each is tried once here, a failed one and those after it wait for the next
+  // round.
+  size_t out = from;
+  bool blocked = false;
+  for (size_t i = from; i < jobs.size(); ++i) {
+    if (jobs[i].kind != Job::Kind::Append && !blocked) {
+      if (writeMetaOnce(jobs[i])) continue;
+      write_errors_->inc();
+      blocked = true;
+    }
+    if (out != i) jobs[out] = std::move(jobs[i]);
+    ++out;
+  }
+  jobs.resize(out);
 }
 
 void FileChannel::writeMeta(const Job& job) {
@@ -1413,8 +1452,12 @@ void FileChannel::writeGroup(std::vector<Job>& jobs, size_t& index) {
         // Back to the last good offset; the whole group is written again.
         ops_->ftruncate(active_fd_, static_cast<off_t>(start));
       }
+      write_failing_ = true;
       write_errors_->inc();
       signalLoop();
+      // Cursor files and deletions queued behind this write must not wait for it: deleting
+      // consumed segments may be the only way the space comes back.
+      runMetaBehind(jobs, end);
       if (!backoff(delay)) {
         spdlog::error("file channel '{}': stopping with {} puts not written (never acknowledged)",
                       name_, count - k);
@@ -1423,6 +1466,7 @@ void FileChannel::writeGroup(std::vector<Job>& jobs, size_t& index) {
       }
     }
     if (!batch_policy) unsynced_ = true;
+    if (write_failing_.exchange(false)) signalLoop();
     std::vector<Done> done;
     uint64_t off = start;
     for (size_t j = k; j < m; ++j) {

@@ -35,8 +35,14 @@
 // renamed over the old one, directory fsynced. Cursor files are coalesced: a dirty cursor is
 // written at most every `checkpoint_interval`, at stop, and always before a segment it passed is
 // deleted (the writer thread runs metadata jobs in order, retrying each until it succeeds, so an
-// unlink queued after a cursor write never overtakes it). Between two cursor files the commit
-// journal (below) holds every commit.
+// unlink queued after a cursor write never overtakes it). Metadata jobs never wait behind a
+// failing data write: while one is retried, the cursor files and deletions queued behind it run
+// (in their order), because deleting consumed segments may be the only way a full volume gets
+// space back. A cursor file that cannot be written aside (no block for a new file) is
+// overwritten in place (44 bytes, one sector, CRC-checked). A cursor file may so get ahead of a
+// journal record still waiting to be written; start-up merges the two (below), and commits
+// whose journal record never reached the disk may be delivered again, as after a crash.
+// Between two cursor files the commit journal (below) holds every commit.
 //
 // Commit journal: the commits of a consumer in one loop turn (and the creation or removal of a
 // cursor) append one small positions-only record to the log under the reserved key
@@ -71,7 +77,10 @@
 // A failed or short pwrite, ENOSPC, EIO, or a failed fdatasync: the writer truncates the segment
 // back to the last good offset, bumps WriteErrorCount and retries the whole group with backoff
 // (`retry_backoff` doubling up to 5 s). Puts wait; nothing acknowledged is lost; the process
-// never exits over it. Hand-off is a mutex-guarded queue and one uv_async_t.
+// never exits over it. Hand-off is a mutex-guarded queue and one uv_async_t, referenced while
+// puts are in flight, except while data writes fail: a stopping agent's loop then ends, and the
+// channel's destructor stops the writer at once (the puts not written were never acknowledged;
+// everything durable stays on disk).
 //
 // Reading
 // -------
@@ -274,6 +283,7 @@ class FileChannel final : public Channel {
     filech::Positions positions;
     uint64_t reserved = 0;
     std::string path, path2, content;
+    bool overwrite = false;  // WriteFile: may be overwritten in place when a new file fails
   };
   struct Done {
     uint64_t id = 0;
@@ -344,6 +354,9 @@ class FileChannel final : public Channel {
   bool ensureSegment(uint64_t seq, uint64_t record_bytes);
   bool writeAll(int fd, std::string_view data, uint64_t offset);
   void writeMeta(const Job& job);
+  // While a data write fails: runs the metadata jobs queued behind it (from jobs[from] on and
+  // those still in jobs_), in their order, and removes the ones done.
+  void runMetaBehind(std::vector<Job>& jobs, size_t from);
   bool writeMetaOnce(const Job& job);
   // Waits delay_ms (doubling it, up to 5 s); false when the channel is stopping.
   bool backoff(uint64_t& delay_ms);
@@ -422,6 +435,7 @@ class FileChannel final : public Channel {
   bool stopping_ = false;
   std::thread writer_;
   std::atomic<uint64_t> free_bytes_{UINT64_MAX};
+  std::atomic<bool> write_failing_{false};  // the last data write failed (set by the writer)
   std::atomic<uint64_t> min_free_{0};
   std::atomic<uint64_t> fsync_max_us_{0};
   std::atomic<uint64_t> fsync_max_prev_us_{0};

@@ -8,9 +8,11 @@
 #include <rapidcheck.h>
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
 #include <string>
@@ -470,6 +472,99 @@ TEST_CASE("file channel: injected faults delay puts but lose nothing") {
       CHECK(drain(again->cursor("out")) == range(90, 10));
     }
   }
+}
+
+// The low water a cursor file holds; -1 when it cannot be read.
+int64_t cursorFileLow(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (data.size() != 44) return -1;
+  return static_cast<int64_t>(filech::getU64(data.data() + 8));
+}
+
+// A full volume: the data write fails with ENOSPC for as long as no space comes back, and
+// deleting consumed segments is what gives it back. Those deletions (and the cursor file that
+// must precede them) do not wait behind the failing data write.
+TEST_CASE("file channel: a failing data write does not hold back cursor files and deletions") {
+  TempDir dir;
+  TestLoop tl;
+  auto ops = std::make_shared<FaultyFileOps>();
+  auto cfg = config(dir.path);
+  cfg.checkpoint_interval = Millis(60000);  // only the frees write the cursor file
+  auto ch = makeFileChannel(cfg, tl.context(), ops);
+  REQUIRE(ch);
+  Cursor& c = ch->cursor("out");
+  for (int i = 0; i < 6; ++i) putDurable(tl, *ch, makeBatch(i * 15, 15, 200));  // a segment each
+  auto before = segmentFiles(dir.path);
+  REQUIRE(before.size() == 6);
+  // Given data writes that fail (the segments' volume is full) and a put waiting for them,
+  ops->failAlwaysOn(Op::Pwrite, "seg-", -ENOSPC);
+  bool durable = false;
+  PutOptions o;
+  o.on_durable = [&durable] { durable = true; };
+  REQUIRE(ch->put(makeBatch(90, 15, 200), std::move(o)));
+  REQUIRE(tl.runUntil([&] { return ch->metrics()->counter("WriteErrorCount").value() > 0; }));
+  // when the consumer commits everything,
+  CHECK(drain(c) == range(0, 90));
+  // then the consumed segments are deleted and the cursor file written, while the data write
+  // still fails.
+  CHECK(tl.runUntil([&] {
+    auto now = segmentFiles(dir.path);
+    return std::find(now.begin(), now.end(), before[4]) == now.end() &&
+           cursorFileLow(dir.path + "/cursor-out") == 90;
+  }));
+  CHECK_FALSE(durable);
+  // And once space is back, the waiting put completes and is delivered once.
+  ops->clear();
+  REQUIRE(tl.runUntil([&] { return durable; }));
+  CHECK(drain(c) == range(90, 15));
+}
+
+// SIGTERM while the disk is full: the agent's loop must end (the channel does not hold it for
+// puts that cannot be written) and destroying the channel stops its writer at once; what was
+// durable is still there.
+TEST_CASE("file channel: stops within a bound while writes fail, keeping what is durable") {
+  TempDir dir;
+  {
+    TestLoop tl;
+    auto ops = std::make_shared<FaultyFileOps>();
+    auto ch = makeFileChannel(config(dir.path), tl.context(), ops);
+    REQUIRE(ch);
+    Cursor& c = ch->cursor("out");
+    for (int i = 0; i < 2; ++i) putDurable(tl, *ch, makeBatch(i * 10, 10, 100));
+    Take t = c.take(10, 1 << 20);
+    t.commit();
+    ch->checkpoint();
+    putDurable(tl, *ch, makeBatch(20, 10, 100));  // the writer runs jobs in order
+    REQUIRE(cursorFileLow(dir.path + "/cursor-out") == 10);
+    ops->failAlways(Op::Pwrite, -ENOSPC);
+    for (int i = 3; i < 5; ++i) REQUIRE(ch->put(makeBatch(i * 10, 10, 100)));
+    REQUIRE(tl.runUntil([&] { return ch->metrics()->counter("WriteErrorCount").value() > 1; }));
+    // When nothing else holds the loop, it ends (an unreferenced timer says when it did not).
+    uv_timer_t guard;
+    uv_timer_init(&tl.loop, &guard);
+    bool expired = false;
+    guard.data = &expired;
+    uv_timer_start(
+        &guard,
+        [](uv_timer_t* tm) {
+          *static_cast<bool*>(tm->data) = true;
+          uv_stop(tm->loop);
+        },
+        5000, 0);
+    uv_unref(reinterpret_cast<uv_handle_t*>(&guard));
+    uv_run(&tl.loop, UV_RUN_DEFAULT);
+    CHECK_FALSE(expired);
+    uv_close(reinterpret_cast<uv_handle_t*>(&guard), nullptr);
+    // And closing the channel does not wait for the disk.
+    auto t0 = std::chrono::steady_clock::now();
+    ch.reset();
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));
+  }
+  TestLoop tl;
+  auto again = makeFileChannel(config(dir.path), tl.context());
+  REQUIRE(again);
+  CHECK(drain(again->cursor("out")) == range(10, 20));
 }
 
 TEST_CASE("file channel: an unreadable segment is moved aside, counted and skipped") {
