@@ -219,6 +219,7 @@ FileChannel::FileChannel(const FileChannelConfig& config, const BuildContext& co
   corrupt_ = &metrics_->counter("CorruptRecordCount");
   damaged_ = &metrics_->counter("DamagedSegmentCount");
   write_errors_ = &metrics_->counter("WriteErrorCount");
+  events_lost_ = &metrics_->counter("EventsLostCount");
 
   async_ = new uv_async_t;
   uv_async_init(context.loop, async_, &FileChannel::onAsync);
@@ -608,6 +609,35 @@ void FileChannel::reportCorrupt(uint64_t seg, uint64_t off, const char* why) {
       name_, segPath(seg), off, why);
 }
 
+void FileChannel::reportLost(uint64_t begin, uint64_t end, const std::string& where) {
+  // Several consumers cross the same gap: each event is counted once.
+  uint64_t fresh = 0;
+  uint64_t at = begin;
+  auto it = lost_.upper_bound(begin);
+  if (it != lost_.begin() && std::prev(it)->second > begin) --it;
+  for (; at < end && it != lost_.end() && it->first < end; ++it) {
+    if (it->first > at) fresh += it->first - at;
+    at = std::max(at, it->second);
+  }
+  if (at < end) fresh += end - at;
+  if (fresh == 0) return;
+  // Merge [begin, end) into the disjoint ranges.
+  uint64_t b = begin, e = end;
+  auto lo = lost_.upper_bound(b);
+  if (lo != lost_.begin() && std::prev(lo)->second >= b) --lo;
+  while (lo != lost_.end() && lo->first <= e) {
+    b = std::min(b, lo->first);
+    e = std::max(e, lo->second);
+    lo = lost_.erase(lo);
+  }
+  lost_.emplace(b, e);
+  events_lost_->inc(fresh);
+  spdlog::error(
+      "file channel '{}': events {}..{} ({} events) are missing from the log ({}): lost to "
+      "damage, skipped",
+      name_, begin, end - 1, end - begin, where);
+}
+
 void FileChannel::markDamaged(uint64_t key, int error) {
   auto it = segments_.find(key);
   if (it == segments_.end()) return;
@@ -708,8 +738,7 @@ uint64_t FileChannel::collect(uint64_t pos, uint64_t end, Loc& loc, TakeBuilder&
     ReadResult rr = readAt(loc, r);
     if (rr == ReadResult::Retry) break;
     if (rr != ReadResult::Ok) {
-      spdlog::error("file channel '{}': events {}..{} are missing from the log; skipped", name_,
-                    pos, end);
+      reportLost(pos, end, "past the end of the log");
       return end;
     }
     uint64_t n = r.batch->size();
@@ -720,7 +749,9 @@ uint64_t FileChannel::collect(uint64_t pos, uint64_t end, Loc& loc, TakeBuilder&
       continue;
     }
     if (r.loc.seq > pos) {
-      // Events lost to a corrupt record: they cannot be delivered.
+      // Events lost to damage (a corrupt record, a segment cut short, emptied or deleted): the
+      // next record found starts past them, so they cannot be delivered.
+      reportLost(pos, std::min(r.loc.seq, end), "before " + segPath(r.loc.seg));
       pos = std::min(r.loc.seq, end);
       if (pos >= end) break;
     }
@@ -857,6 +888,10 @@ Cursor& FileChannel::cursor(const std::string& consumer) {
     return *c;
   }
   if (p != persisted_.end()) {
+    // Segments go only after every cursor file passed them: a consumer whose events begin
+    // before the oldest segment lost them (a segment deleted, emptied or moved aside).
+    if (p->second.low < head_pos_)
+      reportLost(p->second.low, head_pos_, "before the oldest segment");
     if (p->second.low >= head_pos_) {
       start = p->second.low;
       loc = segments_.count(p->second.loc.seg) ? p->second.loc : locate(start);

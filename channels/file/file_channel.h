@@ -102,6 +102,12 @@
 // tail and the segment is truncated there. Older segments are checked the same way lazily, when
 // a cursor reads them. A segment that cannot be opened or read (EIO) is renamed `.damaged`,
 // counted (DamagedSegmentCount) and skipped: never a crash loop.
+// Events lost to damage: event numbers are contiguous, so a reader that finds the next record
+// starting past the event it wants (records cut off or skipped, a segment deleted, emptied or
+// moved aside), or a cursor file whose low water lies before the oldest segment (segments go
+// only after every cursor file passed them), has found events that are gone. They are counted
+// once per event however many consumers cross the gap (EventsLostCount) and the range is logged;
+// `sluice channel inspect` lists every such gap. Found lazily, like corrupt records.
 //
 // Capacity: hasRoom() is false when the log on disk plus what is queued plus the put would pass
 // `max_bytes`, or when the volume's free space minus what is queued would drop under
@@ -118,7 +124,7 @@
 // EventTakeAttemptCount, EventTakeSuccessCount, CommitCount (takes committed), RollbackCount,
 // FsyncCount, FsyncLatencyMaxMs
 // (largest fdatasync of the last 10 s), CorruptRecordCount, DamagedSegmentCount,
-// WriteErrorCount, and ConsumerLag_<consumer> per consumer.
+// EventsLostCount, WriteErrorCount, and ConsumerLag_<consumer> per consumer.
 
 #include <uv.h>
 
@@ -316,6 +322,8 @@ class FileChannel final : public Channel {
   // Offset of the next valid record at or after `from` in seg; seg.size when none.
   uint64_t scanForward(Segment& seg, uint64_t from, uint64_t& seq);
   void reportCorrupt(uint64_t seg, uint64_t off, const char* why);
+  // Events [begin, end) cannot be read (damage): counted once (EventsLostCount) and logged.
+  void reportLost(uint64_t begin, uint64_t end, const std::string& where);
   void markDamaged(uint64_t seg, int error);
   int readFd(Segment& seg);
   void cacheInsert(const Rec& rec);
@@ -386,6 +394,7 @@ class FileChannel final : public Channel {
   Counter* corrupt_;
   Counter* damaged_;
   Counter* write_errors_;
+  Counter* events_lost_;
 
   // Loop-thread state.
   std::map<uint64_t, Segment> segments_;
@@ -398,7 +407,8 @@ class FileChannel final : public Channel {
   std::map<std::string, std::string> positions_;
   std::map<std::string, PersistedCursor> persisted_;  // cursor files not (yet) opened
   std::unordered_map<std::string, FileCursor*> cursors_;
-  std::set<std::pair<uint64_t, uint64_t>> reported_;           // corrupt records already counted
+  std::set<std::pair<uint64_t, uint64_t>> reported_;  // corrupt records already counted
+  std::map<uint64_t, uint64_t> lost_;  // event ranges counted lost, begin -> end, disjoint
   std::map<std::pair<uint64_t, uint64_t>, CacheEntry> cache_;  // by (segment, offset)
   std::deque<std::pair<uint64_t, uint64_t>> cache_order_;
   uint64_t cache_bytes_ = 0;

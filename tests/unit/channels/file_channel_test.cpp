@@ -567,6 +567,62 @@ TEST_CASE("file channel: stops within a bound while writes fail, keeping what is
   CHECK(drain(again->cursor("out")) == range(10, 20));
 }
 
+// Damage between runs that removes events whole: a middle segment deleted, emptied or cut to
+// half. The events lost are counted (the gap in event numbers), once however many consumers
+// cross it, and `sluice channel inspect` shows the range.
+TEST_CASE("file channel: events lost to a deleted, emptied or halved segment are counted") {
+  for (const char* damage : {"delete", "empty", "halve"}) {
+    CAPTURE(damage);
+    TempDir dir;
+    {
+      TestLoop tl;
+      auto ch = makeFileChannel(config(dir.path), tl.context());
+      REQUIRE(ch);
+      ch->cursor("a");
+      ch->cursor("b");
+      for (int i = 0; i < 40; ++i) putDurable(tl, *ch, makeBatch(i * 3, 3, 200));
+    }
+    auto files = segmentFiles(dir.path);
+    REQUIRE(files.size() >= 5);
+    // Given the third segment damaged while the agent was down,
+    std::string victim = dir.path + "/" + files[2];
+    uint64_t first = std::stoull(files[2].substr(4, 20));
+    uint64_t next = std::stoull(files[3].substr(4, 20));
+    if (std::string(damage) == "delete") {
+      fs::remove(victim);
+    } else {
+      fs::resize_file(victim, std::string(damage) == "empty" ? 0 : fs::file_size(victim) / 2);
+    }
+    std::ostringstream report;
+    CHECK(inspectFileChannel(dir.path, report) == 1);
+    INFO(report.str());
+    TestLoop tl;
+    auto ch = makeFileChannel(config(dir.path), tl.context());
+    REQUIRE(ch);
+    // when both consumers read past it,
+    auto a = drain(ch->cursor("a"));
+    auto b = drain(ch->cursor("b"));
+    CHECK(a == b);
+    // then every event not delivered is counted lost, once, and the range is reported.
+    uint64_t lost = ch->metrics()->counter("EventsLostCount").value();
+    CHECK(lost == 120 - a.size());
+    CHECK(lost > 0);
+    if (std::string(damage) != "halve") {
+      CHECK(lost == next - first);
+    } else {
+      CHECK(lost < next - first);
+    }
+    uint64_t begin = next - lost;
+    auto want = range(0, static_cast<int>(begin));
+    auto rest = range(static_cast<int>(next), static_cast<int>(120 - next));
+    want.insert(want.end(), rest.begin(), rest.end());
+    CHECK(a == want);
+    std::string line = "events lost [" + std::to_string(begin) + ", " + std::to_string(next) +
+                       ") " + std::to_string(lost) + " events";
+    CHECK(report.str().find(line) != std::string::npos);
+  }
+}
+
 TEST_CASE("file channel: an unreadable segment is moved aside, counted and skipped") {
   TempDir dir;
   {
