@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "agent/registry.h"
+#include "agent/source_runner.h"
 #include "channels/file/file_inspect.h"
 #include "channels/file/file_ops.h"
 #include "channels/file/record.h"
@@ -784,6 +785,100 @@ TEST_CASE("file channel: a cursor file never gets ahead of the commit journal") 
   auto rest = range(45, 15);
   want.insert(want.end(), rest.begin(), rest.end());
   CHECK(drain(again->cursor("out")) == want);
+}
+
+// A source that reads numbered lines from a "file" of `total` lines, a batch of 10 every loop
+// turn, each put with its position, and resumes at start from the durable position (as tail
+// does).
+struct LineSource : Source {
+  uint64_t total = 0;
+  uint64_t* emitted = nullptr;  // batches put, across instances
+  SourceContext* ctx = nullptr;
+  uv_timer_t* timer = nullptr;
+  uint64_t next = 0;
+  bool paused = false;
+  ~LineSource() override {
+    if (timer)
+      uv_close(reinterpret_cast<uv_handle_t*>(timer),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  }
+  void start(SourceContext& c) override {
+    ctx = &c;
+    for (const auto& v : c.durablePositions("line"))
+      next = std::max<uint64_t>(next, std::stoull(v));
+    timer = new uv_timer_t;
+    uv_timer_init(c.loop(), timer);
+    timer->data = this;
+    uv_timer_start(
+        timer, [](uv_timer_t* t) { static_cast<LineSource*>(t->data)->emit(); }, 0, 1);
+  }
+  void emit() {
+    if (paused || next >= total) return;
+    Batch b;
+    uint64_t end = std::min<uint64_t>(next + 10, total);
+    for (uint64_t i = next; i < end; ++i) b.add("e" + std::to_string(i), 1);
+    if (ctx->offerWithPositions(b, {{"line", std::to_string(end)}}) == OfferResult::Full) {
+      paused = true;
+      return;
+    }
+    next = end;
+    ++*emitted;
+  }
+  void resume() override { paused = false; }
+  void stop(std::function<void()> done) override {
+    uv_timer_stop(timer);
+    done();
+  }
+};
+
+// A reload replaces the running source with a new one that resumes from the durable positions:
+// the old one's last put must be durable before the new one reads them, or its batch is put
+// into the file channel twice.
+TEST_CASE("file channel: a source reloaded while writing puts each line once") {
+  TempDir dir;
+  TestLoop tl;
+  auto cfg = config(dir.path);
+  cfg.segment_bytes = 1 << 20;
+  std::shared_ptr<FileChannel> ch = makeFileChannel(cfg, tl.context());
+  REQUIRE(ch);
+  SourceSpec spec;
+  spec.name = "lines";
+  spec.common.channels = {"disk"};
+  spec.selector.type = "replicating";
+  const uint64_t total = 3000;
+  uint64_t emitted = 0;
+  auto metrics = std::make_shared<MetricSet>("SOURCE", "lines");
+  auto make = [&] {
+    auto src = std::make_unique<LineSource>();
+    src->total = total;
+    src->emitted = &emitted;
+    auto r = std::make_unique<SourceRunner>(&tl.loop, spec, std::move(src), metrics,
+                                            std::vector<InterceptorPtr>{});
+    r->setChannels({ch});
+    r->start();
+    return r;
+  };
+  auto runner = make();
+  // Given a source stopped and replaced 40 times while it writes,
+  for (int reload = 0; reload < 40; ++reload) {
+    uint64_t target = emitted + 3;
+    REQUIRE(tl.runUntil([&] { return emitted >= target || emitted * 10 >= total; }));
+    bool stopped = false;
+    runner->stop([&stopped] { stopped = true; });
+    REQUIRE(tl.runUntil([&] { return stopped; }));
+    runner = make();
+  }
+  // when it has read the whole file,
+  REQUIRE(tl.runUntil([&] {
+    auto p = ch->positions();
+    return p.count("line") && p["line"] == std::to_string(total);
+  }));
+  // then the channel holds every line once.
+  auto got = drain(ch->cursor("out"), 100000);
+  std::set<std::string> unique(got.begin(), got.end());
+  CHECK(unique.size() == total);
+  CHECK(got.size() == total);
+  runner.reset();
 }
 
 TEST_CASE("file channel: registered with its option table") {
