@@ -1443,6 +1443,12 @@ void FileChannel::writeGroup(std::vector<Job>& jobs, size_t& index) {
   size_t first = index;
   size_t end = first;
   while (end < jobs.size() && jobs[end].kind == Job::Kind::Append) ++end;
+  if (abandoned_) {
+    // Stopping after a put was given up: nothing after it is written, or the log would hold a
+    // gap in event numbers and positions past events that are not there.
+    index = end;
+    return;
+  }
   // Every record of the group, encoded once into one buffer; writes take slices of it.
   std::string all;
   uint64_t expected = 0;
@@ -1496,6 +1502,7 @@ void FileChannel::writeGroup(std::vector<Job>& jobs, size_t& index) {
       if (!backoff(delay)) {
         spdlog::error("file channel '{}': stopping with {} puts not written (never acknowledged)",
                       name_, count - k);
+        abandoned_ = true;
         index = end;
         return;
       }

@@ -80,7 +80,9 @@
 // never exits over it. Hand-off is a mutex-guarded queue and one uv_async_t, referenced while
 // puts are in flight, except while data writes fail: a stopping agent's loop then ends, and the
 // channel's destructor stops the writer at once (the puts not written were never acknowledged;
-// everything durable stays on disk).
+// everything durable stays on disk). Once a put is given up at stop, no later put (events,
+// positions or journal) is written: the log never holds a gap, nor positions past events that
+// are not there.
 //
 // Reading
 // -------
@@ -459,6 +461,7 @@ class FileChannel final : public Channel {
   uint64_t active_size_ = 0;
   bool have_active_ = false;
   bool unsynced_ = false;
+  bool abandoned_ = false;  // stopping, a put was given up: no later put is written
   std::map<std::string, std::string> writer_positions_;
   std::chrono::steady_clock::time_point last_sync_{};
   std::chrono::steady_clock::time_point fsync_window_{};
