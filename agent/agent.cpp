@@ -108,8 +108,10 @@ std::unique_ptr<SourceRunner> Agent::makeSource(const SourceSpec& spec, const Co
     if (!i) return nullptr;
     interceptors.push_back(std::move(i));
   }
-  return std::make_unique<SourceRunner>(&loop_, spec, std::move(source), metrics,
-                                        std::move(interceptors));
+  auto runner = std::make_unique<SourceRunner>(&loop_, spec, std::move(source), metrics,
+                                               std::move(interceptors));
+  runner->setStopWait(config.agent.drain_timeout);  // a stop waits for its last put
+  return runner;
 }
 
 std::vector<ChannelPtr> Agent::channelsFor(const SourceSpec& spec) const {

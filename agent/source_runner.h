@@ -24,6 +24,9 @@ namespace sluice {
 // When they are full it keeps the (already intercepted) batch parked here and refuses the
 // next offer, so the source pauses; when room frees up it puts the parked batch first and then
 // resumes the source. Memory held: one parked batch per source.
+// Stopping reports done only once every put into a channel that keeps positions is durable (at
+// most `stop_wait`): a replacement (a reload) resumes from the durable positions, and would
+// otherwise read the last batch again and put it into a file channel twice.
 class SourceRunner : public SourceContext {
  public:
   SourceRunner(uv_loop_t* loop, SourceSpec spec, SourcePtr source, MetricSetPtr metrics,
@@ -57,7 +60,16 @@ class SourceRunner : public SourceContext {
     for (const auto& [value, names] : spec_.selector.mapping) mapping_[value] = indices(names);
     default_ = indices(spec_.selector.default_channels);
   }
-  ~SourceRunner() override { setChannels({}); }
+  ~SourceRunner() override {
+    setChannels({});
+    if (stop_timer_) {
+      uv_close(reinterpret_cast<uv_handle_t*>(stop_timer_),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    }
+  }
+  // Longest a stop waits for the last puts to be durable (a failing disk must not hold a stop
+  // for ever); past it the stop completes and a replacement may read that batch again.
+  void setStopWait(Millis wait) { stop_wait_ = wait; }
 
   const SourceSpec& spec() const { return spec_; }
 
@@ -83,7 +95,7 @@ class SourceRunner : public SourceContext {
                       spec_.name, parked_->size());
       }
       parked_.reset();
-      done();
+      whenDurable(std::move(done));
     });
   }
   // After a reload the channels may have changed: a waiting source gets a new chance.
@@ -227,11 +239,51 @@ class SourceRunner : public SourceContext {
     // Required channels said yes just now and nothing ran in between: put cannot refuse.
     PutOptions options;
     options.positions = *positions_;
+    bool counted = channels_[c]->keepsPositions();
+    if (counted) options.on_durable = countDurable();
     if (!channels_[c]->put(std::move(frozen), std::move(options))) {
+      if (counted) --undurable_;
       if (!optional_[c]) std::abort();
       return false;
     }
     return true;
+  }
+
+  // Counts a put into a channel that keeps positions until it is durable (see stop).
+  std::function<void()> countDurable() {
+    ++undurable_;
+    return [this, alive = std::weak_ptr<int>(alive_)] {
+      if (alive.expired()) return;
+      --undurable_;
+      if (undurable_ == 0 && stop_done_) finishStop();
+    };
+  }
+  void whenDurable(std::function<void()> done) {
+    if (undurable_ == 0) {
+      done();
+      return;
+    }
+    stop_done_ = std::move(done);
+    stop_timer_ = new uv_timer_t;
+    uv_timer_init(loop_, stop_timer_);
+    stop_timer_->data = this;
+    uv_timer_start(
+        stop_timer_,
+        [](uv_timer_t* t) {
+          auto* self = static_cast<SourceRunner*>(t->data);
+          spdlog::warn(
+              "source {}: {} puts still not durable {} after it stopped; stopping anyway (a "
+              "replacement may read them again)",
+              self->spec_.name, self->undurable_, formatDuration(self->stop_wait_));
+          self->finishStop();
+        },
+        static_cast<uint64_t>(stop_wait_.count()), 0);
+  }
+  void finishStop() {
+    if (stop_timer_) uv_timer_stop(stop_timer_);
+    auto done = std::move(stop_done_);
+    stop_done_ = nullptr;
+    if (done) done();
   }
 
   // A channel that keeps positions gets the source's positions with every put, also one that
@@ -262,12 +314,14 @@ class SourceRunner : public SourceContext {
     p.waiting = false;
     p.in_flight = true;
     std::weak_ptr<int> alive = alive_;
-    options.on_durable = [this, alive, c, gen = positions_gen_] {
+    options.on_durable = [this, alive, c, gen = positions_gen_, counted = countDurable()] {
+      counted();
       if (alive.expired() || gen != positions_gen_) return;
       positions_only_[c].in_flight = false;
       sendPositionsOnly(c);
     };
     if (!channels_[c]->put(std::make_shared<const Batch>(), std::move(options))) {
+      --undurable_;
       p.in_flight = false;  // refused after all: kept for the next chance
       p.waiting = true;
     }
@@ -315,7 +369,11 @@ class SourceRunner : public SourceContext {
   };
   std::vector<PositionsOnly> positions_only_;  // per channel
   std::map<std::string, std::string> problems_;
-  uint64_t positions_gen_ = 0;  // bumped when the channels change
+  uint64_t positions_gen_ = 0;       // bumped when the channels change
+  uint64_t undurable_ = 0;           // puts into channels that keep positions, not durable yet
+  std::function<void()> stop_done_;  // a stop waiting for them
+  uv_timer_t* stop_timer_ = nullptr;
+  Millis stop_wait_{30000};
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 

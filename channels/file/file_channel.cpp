@@ -219,6 +219,7 @@ FileChannel::FileChannel(const FileChannelConfig& config, const BuildContext& co
   corrupt_ = &metrics_->counter("CorruptRecordCount");
   damaged_ = &metrics_->counter("DamagedSegmentCount");
   write_errors_ = &metrics_->counter("WriteErrorCount");
+  events_lost_ = &metrics_->counter("EventsLostCount");
 
   async_ = new uv_async_t;
   uv_async_init(context.loop, async_, &FileChannel::onAsync);
@@ -608,6 +609,35 @@ void FileChannel::reportCorrupt(uint64_t seg, uint64_t off, const char* why) {
       name_, segPath(seg), off, why);
 }
 
+void FileChannel::reportLost(uint64_t begin, uint64_t end, const std::string& where) {
+  // Several consumers cross the same gap: each event is counted once.
+  uint64_t fresh = 0;
+  uint64_t at = begin;
+  auto it = lost_.upper_bound(begin);
+  if (it != lost_.begin() && std::prev(it)->second > begin) --it;
+  for (; at < end && it != lost_.end() && it->first < end; ++it) {
+    if (it->first > at) fresh += it->first - at;
+    at = std::max(at, it->second);
+  }
+  if (at < end) fresh += end - at;
+  if (fresh == 0) return;
+  // Merge [begin, end) into the disjoint ranges.
+  uint64_t b = begin, e = end;
+  auto lo = lost_.upper_bound(b);
+  if (lo != lost_.begin() && std::prev(lo)->second >= b) --lo;
+  while (lo != lost_.end() && lo->first <= e) {
+    b = std::min(b, lo->first);
+    e = std::max(e, lo->second);
+    lo = lost_.erase(lo);
+  }
+  lost_.emplace(b, e);
+  events_lost_->inc(fresh);
+  spdlog::error(
+      "file channel '{}': events {}..{} ({} events) are missing from the log ({}): lost to "
+      "damage, skipped",
+      name_, begin, end - 1, end - begin, where);
+}
+
 void FileChannel::markDamaged(uint64_t key, int error) {
   auto it = segments_.find(key);
   if (it == segments_.end()) return;
@@ -708,8 +738,7 @@ uint64_t FileChannel::collect(uint64_t pos, uint64_t end, Loc& loc, TakeBuilder&
     ReadResult rr = readAt(loc, r);
     if (rr == ReadResult::Retry) break;
     if (rr != ReadResult::Ok) {
-      spdlog::error("file channel '{}': events {}..{} are missing from the log; skipped", name_,
-                    pos, end);
+      reportLost(pos, end, "past the end of the log");
       return end;
     }
     uint64_t n = r.batch->size();
@@ -720,7 +749,9 @@ uint64_t FileChannel::collect(uint64_t pos, uint64_t end, Loc& loc, TakeBuilder&
       continue;
     }
     if (r.loc.seq > pos) {
-      // Events lost to a corrupt record: they cannot be delivered.
+      // Events lost to damage (a corrupt record, a segment cut short, emptied or deleted): the
+      // next record found starts past them, so they cannot be delivered.
+      reportLost(pos, std::min(r.loc.seq, end), "before " + segPath(r.loc.seg));
       pos = std::min(r.loc.seq, end);
       if (pos >= end) break;
     }
@@ -857,6 +888,10 @@ Cursor& FileChannel::cursor(const std::string& consumer) {
     return *c;
   }
   if (p != persisted_.end()) {
+    // Segments go only after every cursor file passed them: a consumer whose events begin
+    // before the oldest segment lost them (a segment deleted, emptied or moved aside).
+    if (p->second.low < head_pos_)
+      reportLost(p->second.low, head_pos_, "before the oldest segment");
     if (p->second.low >= head_pos_) {
       start = p->second.low;
       loc = segments_.count(p->second.loc.seg) ? p->second.loc : locate(start);
@@ -1116,6 +1151,7 @@ void FileChannel::writeCursor(FileCursor* c) {
   job.kind = Job::Kind::WriteFile;
   job.path = dir_ + "/cursor-" + escapeName(c->name_);
   job.content = withCrc(std::move(s));
+  job.overwrite = true;
   enqueue(std::move(job));
 }
 
@@ -1137,7 +1173,9 @@ void FileChannel::schedule() {
 }
 
 void FileChannel::updateRef() {
-  bool want = inflight_ > 0 || dispatch_pending_;
+  // Puts waiting for a disk that keeps failing do not hold the loop: a stopping agent's loop
+  // ends, and destroying the channel stops the writer (those puts were never acknowledged).
+  bool want = (inflight_ > 0 && !write_failing_.load()) || dispatch_pending_;
   if (want == referenced_) return;
   referenced_ = want;
   if (want) {
@@ -1315,13 +1353,49 @@ bool FileChannel::writeMetaOnce(const Job& job) {
   }
   std::string tmp = job.path + ".tmp";
   int fd = ops_->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return false;
-  bool ok = writeAll(fd, job.content, 0) && ops_->fsync(fd) == 0;
-  ops_->close(fd);
-  if (ok) ok = ops_->rename(tmp, job.path) == 0;
-  if (ok) ok = ops_->fsyncDir(dir_) == 0;
+  bool ok = fd >= 0;
+  if (ok) {
+    ok = writeAll(fd, job.content, 0) && ops_->fsync(fd) == 0;
+    ops_->close(fd);
+    if (ok) ok = ops_->rename(tmp, job.path) == 0;
+    if (ok) ok = ops_->fsyncDir(dir_) == 0;
+  }
+  if (!ok && job.overwrite) {
+    // A full volume has no block for a new file: a cursor file (fixed size, CRC-checked, one
+    // sector) is then overwritten where it is, which needs none. Torn, it reads as unreadable
+    // and the consumer starts again from the oldest segment: delivered twice, never lost.
+    ops_->unlink(tmp);
+    int in_place = ops_->open(job.path, O_WRONLY, 0);
+    if (in_place >= 0) {
+      ok = writeAll(in_place, job.content, 0) && ops_->fsync(in_place) == 0;
+      ops_->close(in_place);
+    }
+  }
   if (!ok) spdlog::error("file channel '{}': cannot write {}; retrying", name_, job.path);
   return ok;
+}
+
+void FileChannel::runMetaBehind(std::vector<Job>& jobs, size_t from) {
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& job : jobs_) jobs.push_back(std::move(job));
+    jobs_.clear();
+  }
+  // Metadata jobs keep their order among themselves (an unlink never overtakes the cursor file
+  // written for it); each is tried once here, a failed one and those after it wait for the next
+  // round.
+  size_t out = from;
+  bool blocked = false;
+  for (size_t i = from; i < jobs.size(); ++i) {
+    if (jobs[i].kind != Job::Kind::Append && !blocked) {
+      if (writeMetaOnce(jobs[i])) continue;
+      write_errors_->inc();
+      blocked = true;
+    }
+    if (out != i) jobs[out] = std::move(jobs[i]);
+    ++out;
+  }
+  jobs.resize(out);
 }
 
 void FileChannel::writeMeta(const Job& job) {
@@ -1372,6 +1446,12 @@ void FileChannel::writeGroup(std::vector<Job>& jobs, size_t& index) {
   size_t first = index;
   size_t end = first;
   while (end < jobs.size() && jobs[end].kind == Job::Kind::Append) ++end;
+  if (abandoned_) {
+    // Stopping after a put was given up: nothing after it is written, or the log would hold a
+    // gap in event numbers and positions past events that are not there.
+    index = end;
+    return;
+  }
   // Every record of the group, encoded once into one buffer; writes take slices of it.
   std::string all;
   uint64_t expected = 0;
@@ -1416,16 +1496,22 @@ void FileChannel::writeGroup(std::vector<Job>& jobs, size_t& index) {
         // Back to the last good offset; the whole group is written again.
         ops_->ftruncate(active_fd_, static_cast<off_t>(start));
       }
+      write_failing_ = true;
       write_errors_->inc();
       signalLoop();
+      // Cursor files and deletions queued behind this write must not wait for it: deleting
+      // consumed segments may be the only way the space comes back.
+      runMetaBehind(jobs, end);
       if (!backoff(delay)) {
         spdlog::error("file channel '{}': stopping with {} puts not written (never acknowledged)",
                       name_, count - k);
+        abandoned_ = true;
         index = end;
         return;
       }
     }
     if (!batch_policy) unsynced_ = true;
+    if (write_failing_.exchange(false)) signalLoop();
     std::vector<Done> done;
     uint64_t off = start;
     for (size_t j = k; j < m; ++j) {

@@ -35,8 +35,14 @@
 // renamed over the old one, directory fsynced. Cursor files are coalesced: a dirty cursor is
 // written at most every `checkpoint_interval`, at stop, and always before a segment it passed is
 // deleted (the writer thread runs metadata jobs in order, retrying each until it succeeds, so an
-// unlink queued after a cursor write never overtakes it). Between two cursor files the commit
-// journal (below) holds every commit.
+// unlink queued after a cursor write never overtakes it). Metadata jobs never wait behind a
+// failing data write: while one is retried, the cursor files and deletions queued behind it run
+// (in their order), because deleting consumed segments may be the only way a full volume gets
+// space back. A cursor file that cannot be written aside (no block for a new file) is
+// overwritten in place (44 bytes, one sector, CRC-checked). A cursor file may so get ahead of a
+// journal record still waiting to be written; start-up merges the two (below), and commits
+// whose journal record never reached the disk may be delivered again, as after a crash.
+// Between two cursor files the commit journal (below) holds every commit.
 //
 // Commit journal: the commits of a consumer in one loop turn (and the creation or removal of a
 // cursor) append one small positions-only record to the log under the reserved key
@@ -71,7 +77,12 @@
 // A failed or short pwrite, ENOSPC, EIO, or a failed fdatasync: the writer truncates the segment
 // back to the last good offset, bumps WriteErrorCount and retries the whole group with backoff
 // (`retry_backoff` doubling up to 5 s). Puts wait; nothing acknowledged is lost; the process
-// never exits over it. Hand-off is a mutex-guarded queue and one uv_async_t.
+// never exits over it. Hand-off is a mutex-guarded queue and one uv_async_t, referenced while
+// puts are in flight, except while data writes fail: a stopping agent's loop then ends, and the
+// channel's destructor stops the writer at once (the puts not written were never acknowledged;
+// everything durable stays on disk). Once a put is given up at stop, no later put (events,
+// positions or journal) is written: the log never holds a gap, nor positions past events that
+// are not there.
 //
 // Reading
 // -------
@@ -93,6 +104,12 @@
 // tail and the segment is truncated there. Older segments are checked the same way lazily, when
 // a cursor reads them. A segment that cannot be opened or read (EIO) is renamed `.damaged`,
 // counted (DamagedSegmentCount) and skipped: never a crash loop.
+// Events lost to damage: event numbers are contiguous, so a reader that finds the next record
+// starting past the event it wants (records cut off or skipped, a segment deleted, emptied or
+// moved aside), or a cursor file whose low water lies before the oldest segment (segments go
+// only after every cursor file passed them), has found events that are gone. They are counted
+// once per event however many consumers cross the gap (EventsLostCount) and the range is logged;
+// `sluice channel inspect` lists every such gap. Found lazily, like corrupt records.
 //
 // Capacity: hasRoom() is false when the log on disk plus what is queued plus the put would pass
 // `max_bytes`, or when the volume's free space minus what is queued would drop under
@@ -109,7 +126,7 @@
 // EventTakeAttemptCount, EventTakeSuccessCount, CommitCount (takes committed), RollbackCount,
 // FsyncCount, FsyncLatencyMaxMs
 // (largest fdatasync of the last 10 s), CorruptRecordCount, DamagedSegmentCount,
-// WriteErrorCount, and ConsumerLag_<consumer> per consumer.
+// EventsLostCount, WriteErrorCount, and ConsumerLag_<consumer> per consumer.
 
 #include <uv.h>
 
@@ -274,6 +291,7 @@ class FileChannel final : public Channel {
     filech::Positions positions;
     uint64_t reserved = 0;
     std::string path, path2, content;
+    bool overwrite = false;  // WriteFile: may be overwritten in place when a new file fails
   };
   struct Done {
     uint64_t id = 0;
@@ -306,6 +324,8 @@ class FileChannel final : public Channel {
   // Offset of the next valid record at or after `from` in seg; seg.size when none.
   uint64_t scanForward(Segment& seg, uint64_t from, uint64_t& seq);
   void reportCorrupt(uint64_t seg, uint64_t off, const char* why);
+  // Events [begin, end) cannot be read (damage): counted once (EventsLostCount) and logged.
+  void reportLost(uint64_t begin, uint64_t end, const std::string& where);
   void markDamaged(uint64_t seg, int error);
   int readFd(Segment& seg);
   void cacheInsert(const Rec& rec);
@@ -344,6 +364,9 @@ class FileChannel final : public Channel {
   bool ensureSegment(uint64_t seq, uint64_t record_bytes);
   bool writeAll(int fd, std::string_view data, uint64_t offset);
   void writeMeta(const Job& job);
+  // While a data write fails: runs the metadata jobs queued behind it (from jobs[from] on and
+  // those still in jobs_), in their order, and removes the ones done.
+  void runMetaBehind(std::vector<Job>& jobs, size_t from);
   bool writeMetaOnce(const Job& job);
   // Waits delay_ms (doubling it, up to 5 s); false when the channel is stopping.
   bool backoff(uint64_t& delay_ms);
@@ -373,6 +396,7 @@ class FileChannel final : public Channel {
   Counter* corrupt_;
   Counter* damaged_;
   Counter* write_errors_;
+  Counter* events_lost_;
 
   // Loop-thread state.
   std::map<uint64_t, Segment> segments_;
@@ -385,7 +409,8 @@ class FileChannel final : public Channel {
   std::map<std::string, std::string> positions_;
   std::map<std::string, PersistedCursor> persisted_;  // cursor files not (yet) opened
   std::unordered_map<std::string, FileCursor*> cursors_;
-  std::set<std::pair<uint64_t, uint64_t>> reported_;           // corrupt records already counted
+  std::set<std::pair<uint64_t, uint64_t>> reported_;  // corrupt records already counted
+  std::map<uint64_t, uint64_t> lost_;  // event ranges counted lost, begin -> end, disjoint
   std::map<std::pair<uint64_t, uint64_t>, CacheEntry> cache_;  // by (segment, offset)
   std::deque<std::pair<uint64_t, uint64_t>> cache_order_;
   uint64_t cache_bytes_ = 0;
@@ -422,6 +447,7 @@ class FileChannel final : public Channel {
   bool stopping_ = false;
   std::thread writer_;
   std::atomic<uint64_t> free_bytes_{UINT64_MAX};
+  std::atomic<bool> write_failing_{false};  // the last data write failed (set by the writer)
   std::atomic<uint64_t> min_free_{0};
   std::atomic<uint64_t> fsync_max_us_{0};
   std::atomic<uint64_t> fsync_max_prev_us_{0};
@@ -435,6 +461,7 @@ class FileChannel final : public Channel {
   uint64_t active_size_ = 0;
   bool have_active_ = false;
   bool unsynced_ = false;
+  bool abandoned_ = false;  // stopping, a put was given up: no later put is written
   std::map<std::string, std::string> writer_positions_;
   std::chrono::steady_clock::time_point last_sync_{};
   std::chrono::steady_clock::time_point fsync_window_{};

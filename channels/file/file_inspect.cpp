@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -23,6 +24,14 @@ struct SegmentReport {
   uint64_t end_seq = 0;
   std::vector<uint64_t> bad_offsets;
   bool torn_tail = false;
+  std::vector<std::pair<uint64_t, uint64_t>> gaps;  // events missing between records
+};
+
+// A gap in event numbers: events [begin, end) are in no record.
+struct Gap {
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  std::string where;
 };
 
 // Reads a whole file; false when it cannot.
@@ -62,13 +71,16 @@ size_t validAt(const std::string& d, size_t off, uint64_t& seq, uint64_t& events
   return filech::kRecordHeader + h.length;
 }
 
-SegmentReport checkSegment(const std::string& d) {
+// key: the segment's name (the event number its first record holds).
+SegmentReport checkSegment(const std::string& d, uint64_t key) {
   SegmentReport r;
+  r.end_seq = key;
   size_t off = 0;
   while (off < d.size()) {
     uint64_t seq = 0, events = 0;
     size_t n = validAt(d, off, seq, events);
     if (n) {
+      if (seq > r.end_seq) r.gaps.emplace_back(r.end_seq, seq);
       ++r.records;
       r.events += events;
       r.first_seq = std::min(r.first_seq, seq);
@@ -108,6 +120,11 @@ int inspectFileChannel(const std::string& dir, std::ostream& out) {
   std::sort(names.begin(), names.end());
   int status = 0;
   uint64_t total = 0;
+  std::vector<Gap> gaps;
+  bool have_segment = false;
+  uint64_t first_key = 0;
+  uint64_t expected = 0;  // the event number the next segment should start at
+  std::string previous;
   out << "directory " << dir << "\n";
   for (const auto& n : names) {
     if (n.rfind("seg-", 0) != 0) continue;
@@ -122,7 +139,17 @@ int inspectFileChannel(const std::string& dir, std::ostream& out) {
       continue;
     }
     total += data.size();
-    SegmentReport r = checkSegment(data);
+    uint64_t key = std::strtoull(n.c_str() + 4, nullptr, 10);
+    if (!have_segment) {
+      have_segment = true;
+      first_key = key;
+    } else if (key > expected) {
+      gaps.push_back({expected, key, "between " + previous + " and " + n});
+    }
+    SegmentReport r = checkSegment(data, key);
+    for (const auto& [b, e] : r.gaps) gaps.push_back({b, e, "inside " + n});
+    expected = std::max(key, r.end_seq);
+    previous = n;
     out << "  " << n << "  " << data.size() << " bytes, " << r.records << " records, " << r.events
         << " events";
     if (r.records) out << " [" << r.first_seq << ", " << r.end_seq << ")";
@@ -146,10 +173,22 @@ int inspectFileChannel(const std::string& dir, std::ostream& out) {
       status = 1;
       continue;
     }
-    out << "  " << n << "  low water " << filech::getU64(data.data() + 8) << " (segment "
-        << filech::getU64(data.data() + 16) << ", offset " << filech::getU64(data.data() + 24)
-        << ")\n";
+    uint64_t low = filech::getU64(data.data() + 8);
+    out << "  " << n << "  low water " << low << " (segment " << filech::getU64(data.data() + 16)
+        << ", offset " << filech::getU64(data.data() + 24) << ")\n";
+    // Segments go only after every cursor file passed them.
+    if (have_segment && low < first_key) {
+      gaps.push_back({low, first_key, "before the oldest segment, which " + n + " needs"});
+    }
   }
+  uint64_t lost = 0;
+  for (const auto& g : gaps) {
+    out << "  events lost [" << g.begin << ", " << g.end << ") " << g.end - g.begin << " events, "
+        << g.where << "\n";
+    lost += g.end - g.begin;
+    status = 1;
+  }
+  if (lost) out << "  total " << lost << " events lost\n";
   std::string pos;
   if (readAll(ops, dir + "/positions", pos)) {
     bool ok = pos.size() >= 24 && filech::crc32c(pos.data(), pos.size() - 4) ==

@@ -92,17 +92,22 @@ int PosixFileOps::lockExclusive(int fd) { return result(::flock(fd, LOCK_EX | LO
 
 void FaultyFileOps::failAt(Op op, uint64_t nth, int error) {
   std::lock_guard lock(mutex_);
-  faults_.push_back({op, calls(op) + nth, error});
+  faults_.push_back({op, calls(op) + nth, error, {}});
 }
 
 void FaultyFileOps::failAlways(Op op, int error) {
   std::lock_guard lock(mutex_);
-  faults_.push_back({op, 0, error});
+  faults_.push_back({op, 0, error, {}});
+}
+
+void FaultyFileOps::failAlwaysOn(Op op, std::string name_prefix, int error) {
+  std::lock_guard lock(mutex_);
+  faults_.push_back({op, 0, error, std::move(name_prefix)});
 }
 
 void FaultyFileOps::shortWriteAt(uint64_t nth) {
   std::lock_guard lock(mutex_);
-  faults_.push_back({Op::Pwrite, calls(Op::Pwrite) + nth, 0});
+  faults_.push_back({Op::Pwrite, calls(Op::Pwrite) + nth, 0, {}});
 }
 
 void FaultyFileOps::clear() {
@@ -116,10 +121,17 @@ uint64_t FaultyFileOps::bytesRead(const std::string& name) const {
   return it == read_.end() ? 0 : it->second;
 }
 
-int FaultyFileOps::check(Op op) {
+std::string FaultyFileOps::nameOf(int fd) const {
+  std::lock_guard lock(mutex_);
+  auto it = names_.find(fd);
+  return it == names_.end() ? std::string() : it->second;
+}
+
+int FaultyFileOps::check(Op op, const std::string* name) {
   uint64_t n = ++counts_[static_cast<int>(op)];
   std::lock_guard lock(mutex_);
   for (const auto& f : faults_) {
+    if (!f.prefix.empty() && (!name || name->rfind(f.prefix, 0) != 0)) continue;
     if (f.op == op && (f.at == 0 || f.at == n)) {
       ++injected_;
       return f.error == 0 ? 1 : f.error;  // 1: a short write
@@ -147,7 +159,8 @@ int FaultyFileOps::close(int fd) {
 }
 
 ssize_t FaultyFileOps::pwrite(int fd, const void* data, size_t size, off_t offset) {
-  int e = check(Op::Pwrite);
+  std::string name = nameOf(fd);
+  int e = check(Op::Pwrite, &name);
   if (e < 0) return e;
   if (e == 1 && size > 1) size /= 2;
   return PosixFileOps::pwrite(fd, data, size, offset);
@@ -164,7 +177,8 @@ ssize_t FaultyFileOps::pread(int fd, void* data, size_t size, off_t offset) {
 }
 
 int FaultyFileOps::fdatasync(int fd) {
-  if (int e = check(Op::Fdatasync); e < 0) return e;
+  std::string name = nameOf(fd);
+  if (int e = check(Op::Fdatasync, &name); e < 0) return e;
   return PosixFileOps::fdatasync(fd);
 }
 

@@ -70,6 +70,7 @@ class PosixFileOps : public FileOps {
 //   ops->failAt(FaultyFileOps::Op::Pwrite, 3, -ENOSPC);  // the 3rd pwrite from now fails
 //   ops->failAlways(FaultyFileOps::Op::Fdatasync, -EIO); // until clear()
 //   ops->shortWriteAt(2);                                // the 2nd pwrite writes half
+//   ops->failAlwaysOn(FaultyFileOps::Op::Pwrite, "seg-", -ENOSPC);  // only files named seg-*
 // A fake free-space figure may replace statvfs's.
 class FaultyFileOps : public PosixFileOps {
  public:
@@ -89,6 +90,8 @@ class FaultyFileOps : public PosixFileOps {
 
   void failAt(Op op, uint64_t nth, int error);
   void failAlways(Op op, int error);
+  // Like failAlways, for calls on files (by fd or path) whose name starts with name_prefix.
+  void failAlwaysOn(Op op, std::string name_prefix, int error);
   void shortWriteAt(uint64_t nth);
   void clear();
   void setFreeBytes(int64_t free_bytes) { fake_free_.store(free_bytes); }  // -1: real figure
@@ -110,8 +113,9 @@ class FaultyFileOps : public PosixFileOps {
   int statvfs(const std::string& path, uint64_t& free_bytes) override;
 
  private:
-  // Counts the call; returns the error to inject, or 0.
-  int check(Op op);
+  // Counts the call; returns the error to inject, or 0. name: the file's name, when known.
+  int check(Op op, const std::string* name = nullptr);
+  std::string nameOf(int fd) const;
 
   std::atomic<uint64_t> counts_[static_cast<int>(Op::Count)] = {};
   std::atomic<uint64_t> injected_{0};
@@ -119,8 +123,9 @@ class FaultyFileOps : public PosixFileOps {
   mutable std::mutex mutex_;
   struct Fault {
     Op op;
-    uint64_t at;  // absolute call number; 0: always
-    int error;    // 0: short write
+    uint64_t at;         // absolute call number; 0: always
+    int error;           // 0: short write
+    std::string prefix;  // only files whose name starts with it (empty: any)
   };
   std::vector<Fault> faults_;
   std::map<int, std::string> names_;  // fd -> file name

@@ -9,15 +9,18 @@
 #include <rapidcheck.h>
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "agent/registry.h"
+#include "agent/source_runner.h"
 #include "channels/file/file_inspect.h"
 #include "channels/file/file_ops.h"
 #include "channels/file/record.h"
@@ -473,6 +476,155 @@ TEST_CASE("file channel: injected faults delay puts but lose nothing") {
   }
 }
 
+// The low water a cursor file holds; -1 when it cannot be read.
+int64_t cursorFileLow(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (data.size() != 44) return -1;
+  return static_cast<int64_t>(filech::getU64(data.data() + 8));
+}
+
+// A full volume: the data write fails with ENOSPC for as long as no space comes back, and
+// deleting consumed segments is what gives it back. Those deletions (and the cursor file that
+// must precede them) do not wait behind the failing data write.
+TEST_CASE("file channel: a failing data write does not hold back cursor files and deletions") {
+  TempDir dir;
+  TestLoop tl;
+  auto ops = std::make_shared<FaultyFileOps>();
+  auto cfg = config(dir.path);
+  cfg.checkpoint_interval = Millis(60000);  // only the frees write the cursor file
+  auto ch = makeFileChannel(cfg, tl.context(), ops);
+  REQUIRE(ch);
+  Cursor& c = ch->cursor("out");
+  for (int i = 0; i < 6; ++i) putDurable(tl, *ch, makeBatch(i * 15, 15, 200));  // a segment each
+  auto before = segmentFiles(dir.path);
+  REQUIRE(before.size() == 6);
+  // Given data writes that fail (the segments' volume is full) and a put waiting for them,
+  ops->failAlwaysOn(Op::Pwrite, "seg-", -ENOSPC);
+  bool durable = false;
+  PutOptions o;
+  o.on_durable = [&durable] { durable = true; };
+  REQUIRE(ch->put(makeBatch(90, 15, 200), std::move(o)));
+  REQUIRE(tl.runUntil([&] { return ch->metrics()->counter("WriteErrorCount").value() > 0; }));
+  // when the consumer commits everything,
+  CHECK(drain(c) == range(0, 90));
+  // then the consumed segments are deleted and the cursor file written, while the data write
+  // still fails.
+  CHECK(tl.runUntil([&] {
+    auto now = segmentFiles(dir.path);
+    return std::find(now.begin(), now.end(), before[4]) == now.end() &&
+           cursorFileLow(dir.path + "/cursor-out") == 90;
+  }));
+  CHECK_FALSE(durable);
+  // And once space is back, the waiting put completes and is delivered once.
+  ops->clear();
+  REQUIRE(tl.runUntil([&] { return durable; }));
+  CHECK(drain(c) == range(90, 15));
+}
+
+// SIGTERM while the disk is full: the agent's loop must end (the channel does not hold it for
+// puts that cannot be written) and destroying the channel stops its writer at once; what was
+// durable is still there.
+TEST_CASE("file channel: stops within a bound while writes fail, keeping what is durable") {
+  TempDir dir;
+  {
+    TestLoop tl;
+    auto ops = std::make_shared<FaultyFileOps>();
+    auto ch = makeFileChannel(config(dir.path), tl.context(), ops);
+    REQUIRE(ch);
+    Cursor& c = ch->cursor("out");
+    for (int i = 0; i < 2; ++i) putDurable(tl, *ch, makeBatch(i * 10, 10, 100));
+    Take t = c.take(10, 1 << 20);
+    t.commit();
+    ch->checkpoint();
+    putDurable(tl, *ch, makeBatch(20, 10, 100));  // the writer runs jobs in order
+    REQUIRE(cursorFileLow(dir.path + "/cursor-out") == 10);
+    ops->failAlways(Op::Pwrite, -ENOSPC);
+    for (int i = 3; i < 5; ++i) REQUIRE(ch->put(makeBatch(i * 10, 10, 100)));
+    REQUIRE(tl.runUntil([&] { return ch->metrics()->counter("WriteErrorCount").value() > 1; }));
+    // When nothing else holds the loop, it ends (an unreferenced timer says when it did not).
+    uv_timer_t guard;
+    uv_timer_init(&tl.loop, &guard);
+    bool expired = false;
+    guard.data = &expired;
+    uv_timer_start(
+        &guard,
+        [](uv_timer_t* tm) {
+          *static_cast<bool*>(tm->data) = true;
+          uv_stop(tm->loop);
+        },
+        5000, 0);
+    uv_unref(reinterpret_cast<uv_handle_t*>(&guard));
+    uv_run(&tl.loop, UV_RUN_DEFAULT);
+    CHECK_FALSE(expired);
+    uv_close(reinterpret_cast<uv_handle_t*>(&guard), nullptr);
+    // And closing the channel does not wait for the disk.
+    auto t0 = std::chrono::steady_clock::now();
+    ch.reset();
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));
+  }
+  TestLoop tl;
+  auto again = makeFileChannel(config(dir.path), tl.context());
+  REQUIRE(again);
+  CHECK(drain(again->cursor("out")) == range(10, 20));
+}
+
+// Damage between runs that removes events whole: a middle segment deleted, emptied or cut to
+// half. The events lost are counted (the gap in event numbers), once however many consumers
+// cross it, and `sluice channel inspect` shows the range.
+TEST_CASE("file channel: events lost to a deleted, emptied or halved segment are counted") {
+  for (const char* damage : {"delete", "empty", "halve"}) {
+    CAPTURE(damage);
+    TempDir dir;
+    {
+      TestLoop tl;
+      auto ch = makeFileChannel(config(dir.path), tl.context());
+      REQUIRE(ch);
+      ch->cursor("a");
+      ch->cursor("b");
+      for (int i = 0; i < 40; ++i) putDurable(tl, *ch, makeBatch(i * 3, 3, 200));
+    }
+    auto files = segmentFiles(dir.path);
+    REQUIRE(files.size() >= 5);
+    // Given the third segment damaged while the agent was down,
+    std::string victim = dir.path + "/" + files[2];
+    uint64_t first = std::stoull(files[2].substr(4, 20));
+    uint64_t next = std::stoull(files[3].substr(4, 20));
+    if (std::string(damage) == "delete") {
+      fs::remove(victim);
+    } else {
+      fs::resize_file(victim, std::string(damage) == "empty" ? 0 : fs::file_size(victim) / 2);
+    }
+    std::ostringstream report;
+    CHECK(inspectFileChannel(dir.path, report) == 1);
+    INFO(report.str());
+    TestLoop tl;
+    auto ch = makeFileChannel(config(dir.path), tl.context());
+    REQUIRE(ch);
+    // when both consumers read past it,
+    auto a = drain(ch->cursor("a"));
+    auto b = drain(ch->cursor("b"));
+    CHECK(a == b);
+    // then every event not delivered is counted lost, once, and the range is reported.
+    uint64_t lost = ch->metrics()->counter("EventsLostCount").value();
+    CHECK(lost == 120 - a.size());
+    CHECK(lost > 0);
+    if (std::string(damage) != "halve") {
+      CHECK(lost == next - first);
+    } else {
+      CHECK(lost < next - first);
+    }
+    uint64_t begin = next - lost;
+    auto want = range(0, static_cast<int>(begin));
+    auto rest = range(static_cast<int>(next), static_cast<int>(120 - next));
+    want.insert(want.end(), rest.begin(), rest.end());
+    CHECK(a == want);
+    std::string line = "events lost [" + std::to_string(begin) + ", " + std::to_string(next) +
+                       ") " + std::to_string(lost) + " events";
+    CHECK(report.str().find(line) != std::string::npos);
+  }
+}
+
 TEST_CASE("file channel: an unreadable segment is moved aside, counted and skipped") {
   TempDir dir;
   {
@@ -634,6 +786,100 @@ TEST_CASE("file channel: a cursor file never gets ahead of the commit journal") 
   auto rest = range(45, 15);
   want.insert(want.end(), rest.begin(), rest.end());
   CHECK(drain(again->cursor("out")) == want);
+}
+
+// A source that reads numbered lines from a "file" of `total` lines, a batch of 10 every loop
+// turn, each put with its position, and resumes at start from the durable position (as tail
+// does).
+struct LineSource : Source {
+  uint64_t total = 0;
+  uint64_t* emitted = nullptr;  // batches put, across instances
+  SourceContext* ctx = nullptr;
+  uv_timer_t* timer = nullptr;
+  uint64_t next = 0;
+  bool paused = false;
+  ~LineSource() override {
+    if (timer)
+      uv_close(reinterpret_cast<uv_handle_t*>(timer),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  }
+  void start(SourceContext& c) override {
+    ctx = &c;
+    for (const auto& v : c.durablePositions("line"))
+      next = std::max<uint64_t>(next, std::stoull(v));
+    timer = new uv_timer_t;
+    uv_timer_init(c.loop(), timer);
+    timer->data = this;
+    uv_timer_start(
+        timer, [](uv_timer_t* t) { static_cast<LineSource*>(t->data)->emit(); }, 0, 1);
+  }
+  void emit() {
+    if (paused || next >= total) return;
+    Batch b;
+    uint64_t end = std::min<uint64_t>(next + 10, total);
+    for (uint64_t i = next; i < end; ++i) b.add("e" + std::to_string(i), 1);
+    if (ctx->offerWithPositions(b, {{"line", std::to_string(end)}}) == OfferResult::Full) {
+      paused = true;
+      return;
+    }
+    next = end;
+    ++*emitted;
+  }
+  void resume() override { paused = false; }
+  void stop(std::function<void()> done) override {
+    uv_timer_stop(timer);
+    done();
+  }
+};
+
+// A reload replaces the running source with a new one that resumes from the durable positions:
+// the old one's last put must be durable before the new one reads them, or its batch is put
+// into the file channel twice.
+TEST_CASE("file channel: a source reloaded while writing puts each line once") {
+  TempDir dir;
+  TestLoop tl;
+  auto cfg = config(dir.path);
+  cfg.segment_bytes = 1 << 20;
+  std::shared_ptr<FileChannel> ch = makeFileChannel(cfg, tl.context());
+  REQUIRE(ch);
+  SourceSpec spec;
+  spec.name = "lines";
+  spec.common.channels = {"disk"};
+  spec.selector.type = "replicating";
+  const uint64_t total = 3000;
+  uint64_t emitted = 0;
+  auto metrics = std::make_shared<MetricSet>("SOURCE", "lines");
+  auto make = [&] {
+    auto src = std::make_unique<LineSource>();
+    src->total = total;
+    src->emitted = &emitted;
+    auto r = std::make_unique<SourceRunner>(&tl.loop, spec, std::move(src), metrics,
+                                            std::vector<InterceptorPtr>{});
+    r->setChannels({ch});
+    r->start();
+    return r;
+  };
+  auto runner = make();
+  // Given a source stopped and replaced 40 times while it writes,
+  for (int reload = 0; reload < 40; ++reload) {
+    uint64_t target = emitted + 3;
+    REQUIRE(tl.runUntil([&] { return emitted >= target || emitted * 10 >= total; }));
+    bool stopped = false;
+    runner->stop([&stopped] { stopped = true; });
+    REQUIRE(tl.runUntil([&] { return stopped; }));
+    runner = make();
+  }
+  // when it has read the whole file,
+  REQUIRE(tl.runUntil([&] {
+    auto p = ch->positions();
+    return p.count("line") && p["line"] == std::to_string(total);
+  }));
+  // then the channel holds every line once.
+  auto got = drain(ch->cursor("out"), 100000);
+  std::set<std::string> unique(got.begin(), got.end());
+  CHECK(unique.size() == total);
+  CHECK(got.size() == total);
+  runner.reset();
 }
 
 TEST_CASE("file channel: registered with its option table") {
