@@ -269,6 +269,25 @@ class OptionTable {
         });
   }
 
+  // Files or glob patterns; relative ones are resolved against the configuration file's
+  // directory, as for path().
+  OptionTable& pathList(std::string key, std::vector<std::string> Cfg::*member, bool required,
+                        std::string help) {
+    OptionInfo info = makeInfo(key, "path list", required ? "" : "[]", help);
+    info.required = required;
+    return add(
+        info, [member](Cfg& c) { (c.*member).clear(); },
+        [=](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          if (auto v = r.stringList(n, path)) {
+            if (required && v->empty()) {
+              r.diag().error(locationOf(n), path, "must list at least one entry");
+            }
+            for (auto& entry : *v) entry = r.resolvePath(entry);
+            c.*member = *v;
+          }
+        });
+  }
+
   OptionTable& regex(std::string key, Regex Cfg::*member, bool required, std::string help) {
     OptionInfo info = makeInfo(key, "regex", "", help);
     info.required = required;

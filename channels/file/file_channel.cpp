@@ -1600,8 +1600,8 @@ std::shared_ptr<FileChannel> makeFileChannel(const FileChannelConfig& config,
 void registerFileChannel(Registry& registry) {
   OptionTable<FileChannelConfig> table;
   table
-      .string("dir", &FileChannelConfig::dir, "",
-              "Directory of the log; empty: <agent.data_dir>/channels/<name>")
+      .path("dir", &FileChannelConfig::dir, "",
+            "Directory of the log; empty: <agent.data_dir>/channels/<name>")
       .size("segment_bytes", &FileChannelConfig::segment_bytes, "64MiB", 4096, 4ull << 30,
             "Size at which a segment file is rolled")
       .size("max_bytes", &FileChannelConfig::max_bytes, "8GiB", 64 * 1024, 1ull << 50,

@@ -21,6 +21,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "agent/utf8.h"
 #include "sinks/kafka/template.h"
 
 namespace sluice {
@@ -250,20 +251,6 @@ ErrorKind kindOf(rd_kafka_resp_err_t err) {
 // ---------------------------------------------------------------------------------------------
 // Records
 
-bool validUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
-    }
-    i += n;
-  }
-  return true;
-}
-
 std::string base64(std::string_view in) {
   static const char* tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string out;
@@ -311,7 +298,7 @@ std::string deadLetterLine(const std::string& sink, const std::string& reason,
   auto& headers = j["headers"] = nlohmann::ordered_json::object();
   event.forEachHeader([&](std::string_view k, std::string_view v) { headers[std::string(k)] = v; });
   j["timestamp"] = formatIsoTime(event.timestampNs());
-  if (validUtf8(event.body())) {
+  if (isValidUtf8(event.body())) {
     j["body"] = event.body();
   } else {
     j["body_base64"] = base64(event.body());
@@ -405,6 +392,7 @@ class KafkaSink : public Sink {
     dead_letters_ = &m.counter("DeadLetterCount");
     queue_full_ = &m.counter("QueueFullCount");
     producer_recreated_ = &m.counter("ProducerRecreateCount");
+    invalid_utf8_ = &m.counter("InvalidUtf8EventCount");
     m.gauge(
         "EventsInFlight", [this] { return static_cast<double>(in_flight_); }, this);
     m.gauge(
@@ -798,8 +786,14 @@ class KafkaSink : public Sink {
     if (json_) {
       nlohmann::ordered_json j;
       j["body"] = ev.body();
+      bool valid = isValidUtf8(ev.body());
       auto& hs = j["headers"] = nlohmann::ordered_json::object();
-      ev.forEachHeader([&](std::string_view k, std::string_view v) { hs[std::string(k)] = v; });
+      ev.forEachHeader([&](std::string_view k, std::string_view v) {
+        valid = valid && isValidUtf8(k) && isValidUtf8(v);
+        hs[std::string(k)] = v;
+      });
+      // JSON has no bytes: what is not UTF-8 becomes U+FFFD in the envelope, counted here.
+      if (!valid) invalid_utf8_->inc();
       j["timestamp"] = formatIsoTime(ev.timestampNs());
       value_buf_ = dump(j);
       value = value_buf_;
@@ -1311,6 +1305,7 @@ class KafkaSink : public Sink {
   Counter* dead_letters_ = nullptr;
   Counter* queue_full_ = nullptr;
   Counter* producer_recreated_ = nullptr;
+  Counter* invalid_utf8_ = nullptr;
 
   // Writer thread only.
   int dl_fd_ = -1;

@@ -126,15 +126,15 @@ struct SavedFile {
 const OptionTable<TailConfig>& tailOptionTable() {
   static const OptionTable<TailConfig> table = [] {
     OptionTable<TailConfig> t;
-    t.list("paths", &TailConfig::paths, true,
-           "files to follow: paths or glob(3) patterns (wildcards in the file name part are "
-           "watched with inotify; elsewhere only polled)")
+    t.pathList("paths", &TailConfig::paths, true,
+               "files to follow: paths or glob(3) patterns (wildcards in the file name part are "
+               "watched with inotify; elsewhere only polled)")
         .choice("start_at", &TailConfig::start_at, {"beginning", "end"}, "beginning",
                 "where to start a file found at the very first start (no saved state); files "
                 "that appear later are always read from their beginning")
-        .string("state_file", &TailConfig::state_file, "",
-                "where positions are saved when no channel keeps them; default "
-                "<agent.data_dir>/tail/<source name>.json")
+        .path("state_file", &TailConfig::state_file, "",
+              "where positions are saved when no channel keeps them; default "
+              "<agent.data_dir>/tail/<source name>.json")
         .size("fingerprint_bytes", &TailConfig::fingerprint_bytes, "1KiB", 1, 64 * 1024,
               "leading bytes hashed into a file's identity (with device and inode)")
         .size("max_line_bytes", &TailConfig::max_line_bytes, "1MiB", 1, kMaxLineBytes,

@@ -471,6 +471,15 @@ TEST_CASE("kafka sink: JSON envelope and all headers") {
   CHECK(j["timestamp"] == "2026-11-25T14:08:25.000Z");
   CHECK_FALSE(records[0].has_key);
   CHECK(records[0].headers.size() == 2);
+  CHECK(f.ctx.counter("InvalidUtf8EventCount") == 0);
+
+  // Bytes that are not UTF-8 (an overlong '/', a lone surrogate) become U+FFFD, counted.
+  size_t b = f.deliver(2, "bad-\xC0\xAF-", [](Batch& batch, uint32_t e) {
+    if (e == 1) batch.setHeader(e, "note", "\xED\xA0\x80");
+  });
+  REQUIRE(f.waitFor(b));
+  CHECK(f.results[b]->status == DeliveryStatus::Ok);
+  CHECK(f.ctx.counter("InvalidUtf8EventCount") == 2);
 }
 
 TEST_CASE("kafka sink: retriable produce errors are retried by librdkafka, then Ok") {
