@@ -142,11 +142,18 @@ std::pair<size_t, size_t> SinkGroup::takeBack(MemberState* st) {
     abandoned_.emplace(id, st);
   }
   if (!st->m.sink->abandon()) {
+    size_t kept = 0;
     for (size_t i = 0; i < ids.size(); ++i) {
-      abandoned_.erase(ids[i]);
+      if (abandoned_.erase(ids[i]) == 0) {
+        // It answered from inside abandon() although it could not let go: that answer was
+        // ignored, so the events go back to the channel rather than waiting for ever.
+        entries[i]->take.rollback();
+        continue;
+      }
       in_flight_.emplace(ids[i], std::move(entries[i]));
+      ++kept;
     }
-    return {0, ids.size()};
+    return {0, kept};
   }
   st->taken_back->inc(ids.size());
   for (auto& e : entries) e->take.rollback();

@@ -259,7 +259,10 @@ class SourceRunner : public SourceContext {
     };
   }
   void whenDurable(std::function<void()> done) {
+    // Positions still waiting go now (when there is room): they are the source's latest.
+    for (size_t c = 0; c < positions_only_.size(); ++c) sendPositionsOnly(c);
     if (undurable_ == 0) {
+      stop_reported_ = true;
       done();
       return;
     }
@@ -283,6 +286,7 @@ class SourceRunner : public SourceContext {
     if (stop_timer_) uv_timer_stop(stop_timer_);
     auto done = std::move(stop_done_);
     stop_done_ = nullptr;
+    stop_reported_ = true;  // from here on a replacement may read the positions: put nothing
     if (done) done();
   }
 
@@ -305,7 +309,7 @@ class SourceRunner : public SourceContext {
   }
   void sendPositionsOnly(size_t c) {
     auto& p = positions_only_[c];
-    if (!p.waiting || p.in_flight) return;
+    if (!p.waiting || p.in_flight || stop_reported_) return;
     size_t bytes = 0;
     for (const auto& [k, v] : p.latest) bytes += k.size() + v.size();
     if (!channels_[c]->hasRoom(0, bytes)) return;  // its space listener calls onSpace
@@ -315,10 +319,13 @@ class SourceRunner : public SourceContext {
     p.in_flight = true;
     std::weak_ptr<int> alive = alive_;
     options.on_durable = [this, alive, c, gen = positions_gen_, counted = countDurable()] {
+      // The next waiting positions are sent before this put is counted durable, so a stop
+      // waiting for the count cannot finish between the two.
+      if (!alive.expired() && gen == positions_gen_) {
+        positions_only_[c].in_flight = false;
+        sendPositionsOnly(c);
+      }
       counted();
-      if (alive.expired() || gen != positions_gen_) return;
-      positions_only_[c].in_flight = false;
-      sendPositionsOnly(c);
     };
     if (!channels_[c]->put(std::make_shared<const Batch>(), std::move(options))) {
       --undurable_;
@@ -328,6 +335,7 @@ class SourceRunner : public SourceContext {
   }
 
   void onSpace() {
+    if (stop_reported_) return;
     for (size_t c = 0; c < positions_only_.size(); ++c) sendPositionsOnly(c);
     if (parked_) {
       if (!tryPut(*parked_, parked_positions_)) return;
@@ -361,6 +369,7 @@ class SourceRunner : public SourceContext {
   const std::vector<std::pair<std::string, std::string>>* positions_ = nullptr;  // of this put
   bool waiting_ = false;
   bool stopped_ = false;
+  bool stop_reported_ = false;  // done of stop() called: nothing more may be put
   bool warned_unrouted_ = false;
   struct PositionsOnly {
     std::vector<std::pair<std::string, std::string>> latest;

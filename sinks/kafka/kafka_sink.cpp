@@ -443,7 +443,9 @@ class KafkaSink : public Sink {
     // would come. A slow timer serves the queue too, should a signal ever be missed.
     attachQueue();
     polling_ = true;
-    // Nothing is connected yet: unready_after counts from here.
+    // Nothing is connected yet: unready_after counts from here (the loop's cached time may be
+    // old when the sink is built and started in one turn).
+    uv_update_time(ctx.loop());
     down_since_ms_ = uv_now(ctx.loop());
     poll_timer_ = new uv_timer_t;
     uv_timer_init(ctx.loop(), poll_timer_);
@@ -1082,6 +1084,9 @@ class KafkaSink : public Sink {
   void beginRecovery() {
     fatal_seen_ = false;
     recovering_ = true;
+    // No statistics come while the producer is replaced: count it as no broker connected, so
+    // a failover group moves on if the replacement takes longer than unready_after.
+    noteConnected(false);
     polling_ = false;
     for (Delivery* d : blocked_) d->queued = false;
     blocked_.clear();
