@@ -262,13 +262,15 @@ bool SpooldirSource::openNext() {
     int64_t min_age_ns = static_cast<int64_t>(config_.min_age.count()) * 1000000;
     for (auto& c : found) {
       if (ignored_.count(c.path)) continue;
-      if (now - c.ctime_ns < min_age_ns) continue;  // changed lately: a later scan takes it
-      // The file that was being read before a restart goes first.
+      // The file that was being read before a restart goes first, however recently it changed:
+      // taking another file first would move the one position key away from it, and a second
+      // restart would read it again from its start. Its settling is waited for at its end.
       if (resume_ && c.path == resume_->path) {
         queue_.push_front(std::move(c.path));
-      } else {
-        queue_.push_back(std::move(c.path));
+        continue;
       }
+      if (now - c.ctime_ns < min_age_ns) continue;  // changed lately: a later scan takes it
+      queue_.push_back(std::move(c.path));
     }
   }
   while (!queue_.empty()) {
@@ -302,13 +304,14 @@ bool SpooldirSource::startFile(const std::string& path) {
     quarantine(path, id, "is not a regular file (a FIFO, socket or device renamed in)");
     return false;
   }
-  if (settleWaitMs(fd, spool::ctimeNs(st), path) > 0) {
+  bool resuming = resume_ && resume_->path == path;
+  if (!resuming && settleWaitMs(fd, spool::ctimeNs(st), path) > 0) {
     ::close(fd);  // still being written: a later scan takes it
     return false;
   }
   uint64_t start_off = 0;
   bool grew = false;
-  if (resume_ && resume_->path == path) {
+  if (resuming) {
     spool::Position r = *resume_;
     resume_.reset();
     if (!r.id.sameInode(id)) {
