@@ -50,13 +50,15 @@ Writers probeWriters(int fd) {
 }
 
 std::string encodePosition(const Position& p) {
-  return "v1 " + std::to_string(p.id.dev) + " " + std::to_string(p.id.ino) + " " +
+  return "v2 " + std::to_string(p.id.dev) + " " + std::to_string(p.id.ino) + " " +
          std::to_string(p.id.size) + " " + std::to_string(p.id.mtime_ns) + " " +
-         std::to_string(p.offset) + " " + p.path;
+         std::to_string(p.offset) + " " + std::to_string(p.fp_len) + " " +
+         std::to_string(p.fp_hash) + " " + p.path;
 }
 
 std::optional<Position> decodePosition(const std::string& text) {
-  if (text.rfind("v1 ", 0) != 0) return std::nullopt;
+  bool v2 = text.rfind("v2 ", 0) == 0;
+  if (!v2 && text.rfind("v1 ", 0) != 0) return std::nullopt;
   const char* p = text.data() + 3;
   const char* end = text.data() + text.size();
   auto number = [&](auto& out) {
@@ -70,9 +72,29 @@ std::optional<Position> decodePosition(const std::string& text) {
       !number(pos.id.mtime_ns) || !number(pos.offset)) {
     return std::nullopt;
   }
+  if (v2 && (!number(pos.fp_len) || !number(pos.fp_hash))) return std::nullopt;
   pos.path.assign(p, end);
   if (pos.path.empty() || pos.offset > pos.id.size) return std::nullopt;
+  if (pos.fp_len > pos.offset || pos.fp_len > kFingerprintBytes) return std::nullopt;
   return pos;
+}
+
+std::optional<uint64_t> fingerprint(int fd, uint64_t len) {
+  char buf[kFingerprintBytes];
+  if (len > sizeof buf) return std::nullopt;
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = ::pread(fd, buf + got, static_cast<size_t>(len) - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return std::nullopt;
+    got += static_cast<size_t>(n);
+  }
+  uint64_t h = 14695981039346656037ull;
+  for (size_t i = 0; i < got; ++i) {
+    h ^= static_cast<unsigned char>(buf[i]);
+    h *= 1099511628211ull;
+  }
+  return h;
 }
 
 namespace {

@@ -40,16 +40,26 @@ int64_t wallNowNs();
 enum class Writers { None, Some, Unknown };
 Writers probeWriters(int fd);
 
-// The position of the file being read: "v1 <dev> <ino> <size> <mtime_ns> <offset> <path>".
-// `offset` is the byte after the last line the put covers; offset == size means every line of
-// the file is in the channel and the file only has to be completed.
+// The position of the file being read:
+// "v2 <dev> <ino> <size> <mtime_ns> <offset> <fp_len> <fp_hash> <path>" (v1, read only, has no
+// fp_len and fp_hash). `offset` is the byte after the last line the put covers; offset == size
+// means every line of the file is in the channel and the file only has to be completed.
+// The fingerprint is a hash of the file's first fp_len = min(offset, kFingerprintBytes) bytes:
+// at a restart it tells the file read from another one that got the same inode (a deleted file's
+// inode reused) and the same file under another device number (a remount). fp_len 0: none (a v1
+// value, or nothing read yet), the inode alone decides.
+constexpr uint64_t kFingerprintBytes = 4096;
 struct Position {
   std::string path;
   FileId id;
   uint64_t offset = 0;
+  uint64_t fp_len = 0;
+  uint64_t fp_hash = 0;
   bool operator==(const Position&) const = default;
 };
 std::string encodePosition(const Position& p);
+// FNV-1a 64 of the first `len` bytes of `fd` (pread); nullopt when they cannot all be read.
+std::optional<uint64_t> fingerprint(int fd, uint64_t len);
 std::optional<Position> decodePosition(const std::string& text);
 
 struct ScanOptions {

@@ -144,9 +144,13 @@ void SpooldirSource::start(SourceContext& ctx) {
     if (auto p = spool::decodePosition(v)) found.push_back(*p);
   }
   // With several channels the oldest wins; a file that still sits at its path comes first.
+  // Present: its inode number is still at its path, on the same device or (a remount changes
+  // the device number) with a fingerprint to check when it is opened (startFile).
   auto present = [](const spool::Position& p) {
     struct stat st {};
-    return ::stat(p.path.c_str(), &st) == 0 && spool::fileIdOf(st).sameInode(p.id);
+    if (::stat(p.path.c_str(), &st) != 0) return false;
+    spool::FileId id = spool::fileIdOf(st);
+    return id.ino == p.id.ino && (id.dev == p.id.dev || p.fp_len > 0);
   };
   for (const auto& p : found) {
     bool better = !resume_ || (present(p) && !present(*resume_)) ||
@@ -314,8 +318,8 @@ bool SpooldirSource::startFile(const std::string& path) {
   if (resuming) {
     spool::Position r = *resume_;
     resume_.reset();
-    if (!r.id.sameInode(id)) {
-      noteReplacedBeforeRestart(r);
+    if (!sameFile(r, fd, id)) {
+      noteReplacedBeforeRestart(r);  // read as a new file, from its start
     } else if (id.size < r.id.size || (id.size == r.id.size && id.mtime_ns != r.id.mtime_ns)) {
       ::close(fd);
       quarantine(path, id,
@@ -333,6 +337,8 @@ bool SpooldirSource::startFile(const std::string& path) {
   id_ = id;
   ctime_ns_ = spool::ctimeNs(st);
   grew_ = false;
+  fp_len_ = 0;
+  fp_hash_ = 0;
   waiting_logged_.erase(path);
   read_off_ = start_off;
   buf_len_ = 0;
@@ -366,6 +372,30 @@ uint64_t SpooldirSource::settleWaitMs(int fd, int64_t ctime_ns, const std::strin
         ctx_->name(), path);
   }
   return static_cast<uint64_t>(config_.poll_interval.count());
+}
+
+bool SpooldirSource::sameFile(const spool::Position& r, int fd, const spool::FileId& id) {
+  if (id.ino != r.id.ino) return false;
+  if (r.fp_len == 0) return id.dev == r.id.dev;       // no fingerprint: the inode alone
+  if (id.size < r.fp_len) return id.dev == r.id.dev;  // shrank below it: failed as shrunk
+  auto h = spool::fingerprint(fd, r.fp_len);
+  return h && *h == r.fp_hash;
+}
+
+spool::Position SpooldirSource::positionAt(uint64_t offset) {
+  spool::Position p{path_, id_, offset};
+  uint64_t len = std::min(offset, spool::kFingerprintBytes);
+  if (len != fp_len_) {
+    auto h = len == 0 ? std::optional<uint64_t>(0) : spool::fingerprint(fd_, len);
+    // Unreadable (it shrank meanwhile, which fails the file soon): no fingerprint, the inode
+    // alone decides at a restart.
+    fp_len_ = h ? len : 0;
+    fp_hash_ = h.value_or(0);
+    if (!h) return p;
+  }
+  p.fp_len = fp_len_;
+  p.fp_hash = fp_hash_;
+  return p;
 }
 
 void SpooldirSource::noteReplacedBeforeRestart(const spool::Position& r) {
@@ -545,8 +575,7 @@ SpooldirSource::Step SpooldirSource::emitLine(std::string_view line, uint64_t en
 }
 
 bool SpooldirSource::offerBatch() {
-  spool::Position p{path_, id_, batch_end_};
-  std::string value = spool::encodePosition(p);
+  std::string value = spool::encodePosition(positionAt(batch_end_));
   if (ctx_->offerWithPositions(batch_, {{key_, value}}) == OfferResult::Full) {
     paused_ = true;
     stopTurn();
@@ -620,7 +649,7 @@ bool SpooldirSource::nonDurable() {
 
 void SpooldirSource::checkDurable() {
   if (phase_ != Phase::AwaitDurable || stopping_) return;
-  std::string final_value = spool::encodePosition({path_, id_, id_.size});
+  std::string final_value = spool::encodePosition(positionAt(id_.size));
   auto durable = ctx_->durablePositions(key_);
   if (!durable.empty()) positions_kept_ = true;
   // The context's answer wins (the channels may have changed at a reload); else what was learnt.
@@ -716,13 +745,14 @@ void SpooldirSource::completeFile() {
 void SpooldirSource::failFile(const std::string& why) {
   std::string path = path_;
   spool::FileId id = id_;
+  spool::Position finished = positionAt(id_.size);
   closeFile();
   if (quarantine(path, id, why)) {
     // The durable position still names this file mid-way; after a restart a new file dropped
     // under the same name would look like this one replaced while being read. Mark it finished
     // (best effort: a refused offer changes nothing, and no resume() is awaited for it).
     Batch none;
-    std::string value = spool::encodePosition({path, id, id.size});
+    std::string value = spool::encodePosition(finished);
     if (ctx_->offerWithPositions(none, {{key_, value}}) == OfferResult::Accepted) {
       state_content_ = std::move(value);
       state_dirty_ = true;

@@ -157,6 +157,11 @@ class SpooldirSource final : public Source {
   void noteGrowth(uint64_t from_size);
   // A file whose position survived a restart is another inode now: counted if it was mid-way.
   void noteReplacedBeforeRestart(const spool::Position& r);
+  // Whether the file opened as `fd` (`id`) at a resumed position's path is the file `r` names:
+  // the same inode number, and the same first bytes (fingerprint) or, without one, device.
+  static bool sameFile(const spool::Position& r, int fd, const spool::FileId& id);
+  // The position of the current file at `offset`, with its fingerprint (cached per length).
+  spool::Position positionAt(uint64_t offset);
   Step processBuffer();
   Step emitLine(std::string_view line, uint64_t end_off);
   Step emitLong(std::string_view line, uint64_t start_off, uint64_t end_off);
@@ -211,7 +216,9 @@ class SpooldirSource final : public Source {
   int fd_ = -1;
   spool::FileId id_;
   int64_t ctime_ns_ = 0;
-  bool grew_ = false;      // grew after it was taken (counted once)
+  bool grew_ = false;    // grew after it was taken (counted once)
+  uint64_t fp_len_ = 0;  // the cached fingerprint: its length and hash
+  uint64_t fp_hash_ = 0;
   uint64_t read_off_ = 0;  // next byte to read
   std::unique_ptr<char[]> buf_;
   size_t buf_cap_ = 0;

@@ -197,6 +197,65 @@ TEST_CASE("spooldir: at restart a grown file resumes; a shrunk one fails; others
   }
 }
 
+// The fingerprint of `content`'s first `len` bytes, as a position carries it.
+uint64_t fingerprintOf(const SpoolTempDir& scratch, const std::string& content, uint64_t len) {
+  std::string tmp = scratch.file(".fingerprint");
+  writeFile(tmp, content);
+  int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  auto h = spool::fingerprint(fd, len);
+  ::close(fd);
+  REQUIRE(h);
+  return *h;
+}
+
+TEST_CASE("spooldir: at restart the fingerprint tells a reused inode and a remounted file") {
+  SpoolTempDir dir;
+  Rig rig(spoolConfig(dir.path()));
+  SUBCASE("a new, larger file got the inode of a finished one: read from its start") {
+    // Given a finished file "a\nb\n" whose inode now holds a new file under the same name,
+    writeFile(dir.file("f"), "n1\nn2\nn3\n");
+    struct stat st {};
+    REQUIRE(::stat(dir.file("f").c_str(), &st) == 0);
+    spool::Position p{dir.file("f"), spool::fileIdOf(st), 4};
+    p.id.size = 4;
+    p.fp_len = 4;
+    p.fp_hash = fingerprintOf(rig.staging, "a\nb\n", 4);
+    rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    // then nothing of the new file is skipped, and it is no growth.
+    CHECK(rig.ctx.bodies == Lines{"n1", "n2", "n3"});
+    CHECK(rig.ctx.count("FilesGrownCount") == 0);
+  }
+  SUBCASE("the half-read file under another device number (a remount): resumed") {
+    writeFile(dir.file("f"), "l1\nl2\n");
+    struct stat st {};
+    REQUIRE(::stat(dir.file("f").c_str(), &st) == 0);
+    spool::Position p{dir.file("f"), spool::fileIdOf(st), 3};
+    p.id.dev += 1;
+    p.fp_len = 3;
+    p.fp_hash = fingerprintOf(rig.staging, "l1\n", 3);
+    rig.ctx.setDurablePosition("spooldir/spool_test", spool::encodePosition(p));
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    CHECK(rig.ctx.bodies == Lines{"l2"});
+    CHECK(rig.ctx.count("FilesReplacedCount") == 0);
+  }
+  SUBCASE("the offered positions carry the fingerprint of what was read") {
+    rig.ctx.auto_durable = true;
+    writeFile(dir.file("f"), "l1\nl2\n");
+    rig.start();
+    REQUIRE(rig.waitCompleted(1));
+    auto v = rig.ctx.durablePositions("spooldir/spool_test");
+    REQUIRE(v.size() == 1);
+    auto p = spool::decodePosition(v[0]);
+    REQUIRE(p);
+    CHECK(p->fp_len == 6);
+    CHECK(p->fp_hash == fingerprintOf(rig.staging, "l1\nl2\n", 6));
+  }
+}
+
 // Waits (outside any loop) until the file's ctime is more than `age` in the past.
 void waitCtimeOlderThan(const std::string& path, Millis age) {
   struct stat st {};
@@ -827,6 +886,16 @@ TEST_CASE("spooldir: position values round-trip; garbage is refused") {
   CHECK(!spool::decodePosition("v1 1 2 3"));
   CHECK(!spool::decodePosition("v1 1 2 3 4 5 "));
   CHECK(!spool::decodePosition("v1 1 2 3 4 9 /x"));  // offset past size
+  // v1 values (before fingerprints) are still read.
+  auto v1 = spool::decodePosition("v1 1 2 30 -4 7 /a b/c d");
+  REQUIRE(v1);
+  CHECK(v1->offset == 7);
+  CHECK(v1->fp_len == 0);
+  CHECK(v1->path == "/a b/c d");
+  p.fp_len = 7;
+  p.fp_hash = 12345;
+  CHECK(spool::decodePosition(spool::encodePosition(p)) == p);
+  CHECK(!spool::decodePosition("v2 1 2 30 -4 7 8 1 /x"));  // fingerprint past offset
 }
 
 // Model-based random test: files dropped (names reused), the agent crashing mid-file (what is
