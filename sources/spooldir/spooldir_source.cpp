@@ -66,6 +66,9 @@ const OptionTable<SpooldirConfig>& spooldirOptionTable() {
         .duration("min_age", &C::min_age, "5s", Millis(0), Millis(86400000),
                   "a file is taken only once unchanged (ctime) for this long and not open for "
                   "writing; 0: at once")
+        .duration("max_settle", &C::max_settle, "5m", Millis(10), Millis(86400000),
+                  "longest wait for a taken file to settle at its end; a file still changing "
+                  "then is moved aside with failed_suffix (its complete lines are put)")
         .boolean("watch", &C::watch, true,
                  "also watch the directory (inotify via libuv) to pick up files at once")
         .string("input_charset", &C::input_charset, "",
@@ -112,6 +115,7 @@ void SpooldirSource::start(SourceContext& ctx) {
   counters_.files_failed = &m.counter("FilesFailedCount");
   counters_.files_grown = &m.counter("FilesGrownCount");
   counters_.files_replaced = &m.counter("FilesReplacedCount");
+  counters_.files_unsettled = &m.counter("FilesUnsettledCount");
   counters_.lines_truncated = &m.counter("LinesTruncatedCount");
   counters_.lines_split = &m.counter("LinesSplitCount");
   counters_.decode_replaced = &m.counter("DecodeReplacementCount");
@@ -337,6 +341,7 @@ bool SpooldirSource::startFile(const std::string& path) {
   id_ = id;
   ctime_ns_ = spool::ctimeNs(st);
   grew_ = false;
+  settle_since_.reset();
   fp_len_ = 0;
   fp_hash_ = 0;
   waiting_logged_.erase(path);
@@ -597,6 +602,14 @@ void SpooldirSource::finishReading() {
   // The end is the end only once the file has settled; until then the complete lines go out and
   // the unfinished last one waits.
   if (uint64_t wait = settleWaitMs(fd_, ctime_ns_, path_); wait > 0) {
+    uint64_t now = uv_now(loop_);
+    if (!settle_since_) settle_since_ = now;
+    uint64_t max_settle = static_cast<uint64_t>(config_.max_settle.count());
+    if (now - *settle_since_ >= max_settle) {
+      giveUpSettling();
+      return;
+    }
+    wait = std::min(wait, *settle_since_ + max_settle - now);
     if (!batch_.empty() && !offerBatch()) return;  // resume() comes back here
     phase_ = Phase::Settling;
     stopTurn();
@@ -636,6 +649,15 @@ void SpooldirSource::finishReading() {
       &durable_timer_, [](uv_timer_t* t) { static_cast<SpooldirSource*>(t->data)->checkDurable(); },
       kDurableCheckMs, kDurableCheckMs);
   checkDurable();
+}
+
+void SpooldirSource::giveUpSettling() {
+  if (!batch_.empty() && !offerBatch()) return;  // resume() comes back here
+  counters_.files_unsettled->inc();
+  failFile("kept changing at its end for longer than max_settle (" +
+           formatDuration(config_.max_settle) + "): a live log belongs to the tail source; its " +
+           "complete lines up to byte " + std::to_string(offered_end_) + " are put, the rest of " +
+           "the file is kept");
 }
 
 void SpooldirSource::refreshPositionsKept() {
@@ -887,6 +909,11 @@ ConfigErrors validateSpooldirConfig(const SpooldirConfig& cfg) {
     errors.emplace_back("path", "cannot rename files in spool directory " + cfg.path +
                                     " (completed files would be read again after a restart): " +
                                     std::strerror(errno));
+  }
+  if (cfg.max_settle < cfg.min_age) {
+    errors.emplace_back("max_settle", "must not be shorter than min_age (" +
+                                          formatDuration(cfg.min_age) +
+                                          "): every file that grows would be moved aside");
   }
   for (const char* key : {"completed_suffix", "failed_suffix"}) {
     const std::string& v =

@@ -29,7 +29,9 @@
 // Files that change. A file that grows after it was taken (while read, at its end, or at the
 // last look before completion) is read on: its new lines are shipped, FilesGrownCount counts it
 // and a warning names it. At its end a file is completed only once it has settled again;
-// meanwhile the source waits (phase Settling) without emitting its unfinished last line. A file
+// meanwhile the source waits (phase Settling) without emitting its unfinished last line, but no
+// longer than max_settle: a file still changing then is quarantined (FilesUnsettledCount) so
+// that it cannot hold back every other file for ever. A file
 // that shrinks or is modified in place (same size, new mtime), one unreadable, a non-regular
 // file, a line that cannot be converted under on_decode_error: fail, and a file that changed
 // between the last look and the completion rename (checked with fstat after it) are logged,
@@ -88,6 +90,7 @@ struct SpooldirConfig {
   std::string on_long_line = "split";
   Millis poll_interval{500};
   Millis min_age{5000};
+  Millis max_settle{300000};
   bool watch = true;
   std::string input_charset;
   std::string on_decode_error = "replace";
@@ -138,6 +141,7 @@ class SpooldirSource final : public Source {
     Counter* files_failed = nullptr;
     Counter* files_grown = nullptr;
     Counter* files_replaced = nullptr;
+    Counter* files_unsettled = nullptr;
     Counter* lines_truncated = nullptr;
     Counter* lines_split = nullptr;
     Counter* decode_replaced = nullptr;
@@ -167,6 +171,9 @@ class SpooldirSource final : public Source {
   Step emitLong(std::string_view line, uint64_t start_off, uint64_t end_off);
   bool offerBatch();
   void finishReading();
+  // The file kept changing at its end for max_settle: its complete lines are put, then it is
+  // quarantined (a live log, which the tail source is for) so that the other files go on.
+  void giveUpSettling();
   void checkDurable();
   void completeFile();
   void failFile(const std::string& why);
@@ -216,8 +223,9 @@ class SpooldirSource final : public Source {
   int fd_ = -1;
   spool::FileId id_;
   int64_t ctime_ns_ = 0;
-  bool grew_ = false;    // grew after it was taken (counted once)
-  uint64_t fp_len_ = 0;  // the cached fingerprint: its length and hash
+  bool grew_ = false;                     // grew after it was taken (counted once)
+  std::optional<uint64_t> settle_since_;  // uv_now when its end was first found unsettled
+  uint64_t fp_len_ = 0;                   // the cached fingerprint: its length and hash
   uint64_t fp_hash_ = 0;
   uint64_t read_off_ = 0;  // next byte to read
   std::unique_ptr<char[]> buf_;

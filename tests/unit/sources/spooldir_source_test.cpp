@@ -688,6 +688,44 @@ TEST_CASE("spooldir: a file reopened for every line is taken once it has settled
   CHECK(exists(dir.file("app.log.COMPLETED")));
 }
 
+TEST_CASE("spooldir: a file that never settles is moved aside after max_settle") {
+  // Given a live log taken once it was quiet for min_age, and another file waiting behind it,
+  SpoolTempDir dir;
+  auto c = spoolConfig(dir.path());
+  c.min_age = Millis(100);
+  c.max_settle = Millis(600);
+  writeFile(dir.file("app.log"), "line 0\n");
+  writeFile(dir.file("g"), "g1\n");
+  fs::last_write_time(dir.file("app.log"),
+                      fs::file_time_type::clock::now() - std::chrono::hours(1));
+  Rig rig(c);
+  rig.ctx.auto_durable = false;  // its end waits for durability: the writer starts meanwhile
+  rig.start();
+  REQUIRE(rig.loop.runUntil([&] { return !rig.ctx.bodies.empty(); }));
+  REQUIRE(rig.ctx.bodies.front() == "line 0");
+  // when it keeps growing with pauses shorter than min_age,
+  int written = 1;
+  bool moved = rig.loop.runUntil(
+      [&] {
+        if (rig.ctx.count("FilesFailedCount") > 0) return true;
+        std::ofstream(dir.file("app.log"), std::ios::app) << "line " << written++ << "\n";
+        rig.ctx.makeDurable();
+        return false;
+      },
+      20000);
+  rig.ctx.auto_durable = true;
+  // then after max_settle it is moved aside, counted, its complete lines put, and g goes on.
+  REQUIRE(moved);
+  CHECK(rig.ctx.count("FilesUnsettledCount") == 1);
+  CHECK(exists(dir.file("app.log.FAILED")));
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(exists(dir.file("g.COMPLETED")));
+  Lines got = rig.ctx.bodies;
+  REQUIRE(got.size() >= 2);
+  CHECK(got.back() == "g1");
+  for (size_t i = 0; i + 1 < got.size(); ++i) CHECK(got[i] == "line " + std::to_string(i));
+}
+
 TEST_CASE("spooldir: a file that changes while its end waits for durability") {
   SpoolTempDir dir;
   writeFile(dir.file("f"), "1\n2\n");
@@ -864,6 +902,10 @@ TEST_CASE("spooldir: validation refuses a spool directory that cannot be used") 
     CHECK(keys(validateSpooldirConfig(c)) == std::vector<std::string>{"path"});
   }
   c.path = dir.path();
+  c.min_age = Millis(10000);
+  c.max_settle = Millis(5000);
+  CHECK(keys(validateSpooldirConfig(c)) == std::vector<std::string>{"max_settle"});
+  c.max_settle = c.min_age;
   c.completed_suffix = "";
   CHECK(keys(validateSpooldirConfig(c)) == std::vector<std::string>{"completed_suffix"});
 
