@@ -266,6 +266,12 @@ bool SpooldirSource::openNext() {
       spdlog::warn("spooldir source '{}': {}", ctx_->name(), error);
     }
     last_scan_error_ = error;
+    // Forget the files said to be waiting that are gone (the set would grow for ever).
+    std::set<std::string> still;
+    for (const auto& c : found) {
+      if (waiting_logged_.count(c.path)) still.insert(c.path);
+    }
+    waiting_logged_.swap(still);
     int64_t now = spool::wallNowNs();
     int64_t min_age_ns = static_cast<int64_t>(config_.min_age.count()) * 1000000;
     for (auto& c : found) {
@@ -295,8 +301,19 @@ bool SpooldirSource::startFile(const std::string& path) {
   // open) must not hold the loop. It changes nothing for regular files.
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
-    if (errno == ENOENT) return false;  // moved away since the scan
-    std::string why = std::string("cannot open: ") + std::strerror(errno);
+    int err = errno;
+    if (err == ENOENT) return false;  // moved away since the scan
+    // Only errors that say something about the file quarantine it; the others (a write lease
+    // held by another process: EWOULDBLOCK under O_NONBLOCK; out of descriptors or memory; a
+    // signal) pass, and a later scan tries again.
+    if (err != EACCES && err != EPERM && err != ELOOP && err != ENXIO && err != EIO) {
+      if (waiting_logged_.insert(path).second) {
+        spdlog::warn("spooldir source '{}': cannot open {} now: {}; trying again later",
+                     ctx_->name(), path, std::strerror(err));
+      }
+      return false;
+    }
+    std::string why = std::string("cannot open: ") + std::strerror(err);
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) quarantine(path, spool::fileIdOf(st), why);
     return false;

@@ -214,7 +214,8 @@ class SpooldirSource final : public Source {
   std::set<std::string> ignored_;  // could not be renamed aside: never read again in this run
   std::optional<spool::Position> resume_;
   std::string last_scan_error_;
-  std::set<std::string> waiting_logged_;  // files said to be waiting for a writer
+  // Files said to be waiting (for a writer, or an open to be retried); pruned at each scan.
+  std::set<std::string> waiting_logged_;
   std::function<void(TestPoint, const std::string&)> test_hook_;
 
   // The current file.

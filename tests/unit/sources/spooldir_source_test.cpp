@@ -1,4 +1,5 @@
 #include "sources/spooldir/spooldir_source.h"
+#include "../log_capture.h"
 #include "source_fixture.h"
 
 #include <doctest/doctest.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -380,6 +382,37 @@ TEST_CASE("spooldir: an unreadable file is moved aside") {
   CHECK(rig.loop.runUntil([&] { return rig.ctx.count("FilesFailedCount") == 1; }));
   CHECK(exists(dir.file("secret.FAILED")));
   CHECK(rig.ctx.bodies == Lines{"y"});
+}
+
+TEST_CASE("spooldir: a file another process holds a write lease on is tried again, not failed") {
+  // Given a file on which this process holds a write lease (an open by the source then fails
+  // with EWOULDBLOCK under O_NONBLOCK),
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "l1\n");
+  int holder = ::open(dir.file("f").c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(holder >= 0);
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_holder{holder};
+  if (::fcntl(holder, F_SETSIG, SIGURG) != 0 || ::fcntl(holder, F_SETLEASE, F_WRLCK) != 0) {
+    MESSAGE("leases are not available here (fs.leases-enable, file system): not checked");
+    return;
+  }
+  test::LogCapture log;
+  Rig rig(spoolConfig(dir.path()));
+  rig.start();
+  // when the source tries it for a while,
+  rig.loop.runFor(200);
+  // then it is neither read nor quarantined, and said once;
+  CHECK(rig.ctx.bodies.empty());
+  CHECK(rig.ctx.count("FilesFailedCount") == 0);
+  CHECK(exists(dir.file("f")));
+  CHECK(log.count("cannot open") == 1);
+  // once the lease is gone it is read.
+  REQUIRE(::fcntl(holder, F_SETLEASE, F_UNLCK) == 0);
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(rig.ctx.bodies == Lines{"l1"});
 }
 
 TEST_CASE("spooldir: long lines are split or truncated; counted") {
