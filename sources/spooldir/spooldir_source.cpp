@@ -34,7 +34,9 @@ const OptionTable<SpooldirConfig>& spooldirOptionTable() {
   static const OptionTable<SpooldirConfig> table = [] {
     using C = SpooldirConfig;
     OptionTable<C> t;
-    t.requiredString("path", &C::path, "directory to spool files from")
+    t.path("path", &C::path, "",
+           "directory to spool files from (required); a relative path is resolved against the "
+           "configuration file's directory")
         .string("completed_suffix", &C::completed_suffix, ".COMPLETED",
                 "appended to a file's name once every line is in the channels")
         .choice("delete_policy", &C::delete_policy, {"never", "immediate"}, "never",
@@ -914,7 +916,9 @@ bool SpooldirSource::idle() const {
 ConfigErrors validateSpooldirConfig(const SpooldirConfig& cfg) {
   ConfigErrors errors;
   struct stat st {};
-  if (::stat(cfg.path.c_str(), &st) != 0) {
+  if (cfg.path.empty()) {
+    errors.emplace_back("path", "is required: the directory to spool files from");
+  } else if (::stat(cfg.path.c_str(), &st) != 0) {
     errors.emplace_back("path",
                         "cannot use spool directory " + cfg.path + ": " + std::strerror(errno));
   } else if (!S_ISDIR(st.st_mode)) {

@@ -1,5 +1,6 @@
 #include "sources/spooldir/spooldir_source.h"
 #include "../log_capture.h"
+#include "agent/config.h"
 #include "source_fixture.h"
 
 #include <doctest/doctest.h>
@@ -950,6 +951,28 @@ TEST_CASE("spooldir: validation refuses a spool directory that cannot be used") 
   REQUIRE(type->validate);
   c = spoolConfig(dir.file("missing"));
   CHECK(keys(type->validate(std::any(c))) == std::vector<std::string>{"path"});
+}
+
+TEST_CASE("spooldir: a relative path resolves against the configuration file's directory") {
+  SpoolTempDir dir;
+  fs::create_directory(dir.file("spool"));
+  Registry reg;
+  registerBuiltins(reg);
+  std::string text =
+      "sources:\n  spool: {type: spooldir, path: spool, channels: [mem]}\n"
+      "channels:\n  mem: {type: memory}\n"
+      "sinks:\n  out: {type: stdout, channel: mem}\n";
+  Diagnostics diag(dir.file("a.yaml"));
+  auto cfg = loadConfigText(text, dir.file("a.yaml"), reg, diag, processEnv());
+  INFO(diag.format());
+  REQUIRE(cfg);
+  REQUIRE(cfg->sources.size() == 1);
+  CHECK(std::any_cast<const SpooldirConfig&>(cfg->sources[0].config).path == dir.file("spool"));
+  // Without it the source is refused at the path key.
+  SpooldirConfig none;
+  auto errors = validateSpooldirConfig(none);
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0].first == "path");
 }
 
 TEST_CASE("spooldir: position values round-trip; garbage is refused") {
