@@ -177,30 +177,37 @@ std::optional<std::string> renameUnique(const std::string& from, const std::stri
   return std::nullopt;
 }
 
-std::optional<std::string> renameIfSame(const std::string& from, const FileId& id,
-                                        const std::string& base, const std::string& suffix,
-                                        bool& replaced, std::string& error) {
-  replaced = false;
+Renamed renameIfSame(const std::string& from, const FileId& id, const std::string& base,
+                     const std::string& suffix) {
+  Renamed r;
   struct stat st {};
-  if (::lstat(from.c_str(), &st) != 0 || !fileIdOf(st).sameInode(id)) {
-    replaced = true;
-    return std::nullopt;
+  if (::lstat(from.c_str(), &st) != 0) {
+    r.result = errno == ENOENT ? Renamed::Result::Gone : Renamed::Result::Failed;
+    r.error = std::string("cannot stat: ") + std::strerror(errno);
+    return r;
   }
-  auto to = renameUnique(from, base, suffix, error);
-  if (!to) return std::nullopt;
+  if (!fileIdOf(st).sameInode(id)) {
+    r.result = Renamed::Result::Replaced;
+    return r;
+  }
+  auto to = renameUnique(from, base, suffix, r.error);
+  if (!to) {
+    r.result = errno == ENOENT ? Renamed::Result::Gone : Renamed::Result::Failed;
+    return r;
+  }
+  r.to = *to;
   if (::lstat(to->c_str(), &st) == 0 && !fileIdOf(st).sameInode(id)) {
     // Another file was renamed over `from` between the check and the rename: it is not ours to
     // move. Put it back (never over a newer one); ours is then gone from the directory.
+    r.result = Renamed::Result::Replaced;
     if (renameat2(AT_FDCWD, to->c_str(), AT_FDCWD, from.c_str(), RENAME_NOREPLACE) != 0) {
-      spdlog::warn(
-          "spooldir: {} was replaced while it was being moved to {}; cannot put the new "
-          "file back: {}",
-          from, *to, std::strerror(errno));
+      r.put_back_failed = true;
+      r.error = std::string("cannot put it back: ") + std::strerror(errno);
     }
-    replaced = true;
-    return std::nullopt;
+    return r;
   }
-  return to;
+  r.result = Renamed::Result::Moved;
+  return r;
 }
 
 bool writeStateFile(const std::string& path, const std::string& content, std::string& error) {

@@ -91,11 +91,22 @@ std::optional<std::string> renameUnique(const std::string& from, const std::stri
 
 // Moves the file `id` (device + inode) that was found at `from` to a unique `base + suffix`
 // (as renameUnique), but only while `from` still names that file: checked before the rename, and
-// after it a file that was renamed over `from` in between is put back. Returns the name used;
-// nullopt with `replaced` set when `from` names another file (or none), else with `error`.
-std::optional<std::string> renameIfSame(const std::string& from, const FileId& id,
-                                        const std::string& base, const std::string& suffix,
-                                        bool& replaced, std::string& error);
+// after it a file that was renamed over `from` in between is put back.
+struct Renamed {
+  enum class Result {
+    Moved,     // `to` is the new name
+    Replaced,  // `from` names another file: ours is not moved (or, raced, no longer there)
+    Gone,      // nothing at `from` (moved or deleted by someone else)
+    Failed,    // `error` says why
+  };
+  Result result = Result::Failed;
+  std::string to;
+  std::string error;
+  // Replaced in the race: the other file could not be put back and sits at `to` (`error`).
+  bool put_back_failed = false;
+};
+Renamed renameIfSame(const std::string& from, const FileId& id, const std::string& base,
+                     const std::string& suffix);
 
 // The state file (for channels that keep no positions): `content` is written to path + ".tmp",
 // fsynced, renamed over `path`, and the directory fsynced. Creates the directory. Blocking.

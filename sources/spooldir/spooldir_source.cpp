@@ -736,14 +736,22 @@ void SpooldirSource::completeFile() {
   // checked to be the file that was read.
   std::string base =
       remove ? path.substr(0, path.size() - basename_.size()) + "." + basename_ : path;
-  bool replaced = false;
-  std::string error;
   if (test_hook_) test_hook_(TestPoint::BeforeComplete, path);
-  auto to = spool::renameIfSame(path, id, base, config_.completed_suffix, replaced, error);
+  spool::Renamed r = spool::renameIfSame(path, id, base, config_.completed_suffix);
+  using Result = spool::Renamed::Result;
+  std::optional<std::string> to;
+  if (r.result == Result::Moved) to = r.to;
+  std::string error = r.error;
   struct stat st {};
   bool same = to && ::fstat(fd_, &st) == 0 && spool::fileIdOf(st) == id;
   closeFile();
-  if (replaced) {
+  if (r.put_back_failed) notePutBackFailed(path, r);
+  if (r.result == Result::Gone) {
+    // Every line of it is in the channels; someone moved or deleted it meanwhile.
+    counters_.files_completed->inc();
+    spdlog::warn("spooldir source '{}': {} was read whole but is no longer at its path ({})",
+                 ctx_->name(), path, error);
+  } else if (r.result == Result::Replaced) {
     // Every line of the file read is in the channels; the file now at the path is another one.
     counters_.files_completed->inc();
     counters_.files_replaced->inc();
@@ -805,14 +813,19 @@ void SpooldirSource::failFile(const std::string& why) {
 bool SpooldirSource::quarantine(const std::string& path, const spool::FileId& id,
                                 const std::string& why) {
   counters_.files_failed->inc();
-  bool replaced = false;
-  std::string error;
-  auto to = spool::renameIfSame(path, id, path, config_.failed_suffix, replaced, error);
-  if (to) {
-    spdlog::error("spooldir source '{}': {} {}; moved to {}", ctx_->name(), path, why, *to);
+  spool::Renamed r = spool::renameIfSame(path, id, path, config_.failed_suffix);
+  using Result = spool::Renamed::Result;
+  if (r.put_back_failed) notePutBackFailed(path, r);
+  if (r.result == Result::Moved) {
+    spdlog::error("spooldir source '{}': {} {}; moved to {}", ctx_->name(), path, why, r.to);
     return true;
   }
-  if (replaced) {
+  if (r.result == Result::Gone) {
+    spdlog::error("spooldir source '{}': {} {}; it is no longer at its path ({})", ctx_->name(),
+                  path, why, r.error);
+    return false;
+  }
+  if (r.result == Result::Replaced) {
     spdlog::error(
         "spooldir source '{}': {} {}; it is no longer at its path (a new file there is read as "
         "a new file)",
@@ -820,9 +833,19 @@ bool SpooldirSource::quarantine(const std::string& path, const spool::FileId& id
     return false;
   }
   spdlog::error("spooldir source '{}': {} {}; cannot move it aside ({}): skipped until restart",
-                ctx_->name(), path, why, error);
+                ctx_->name(), path, why, r.error);
   ignored_.insert(path);
   return false;
+}
+
+void SpooldirSource::notePutBackFailed(const std::string& path, const spool::Renamed& r) {
+  // The file renamed over ours while ours was moved now sits under a suffixed name, which is
+  // never scanned: it is not spooled unless someone renames it back.
+  counters_.files_failed->inc();
+  spdlog::error(
+      "spooldir source '{}': a new file was renamed over {} while it was being moved to {}; {}: "
+      "the new file is left as {} and is not spooled",
+      ctx_->name(), path, r.to, r.error, r.to);
 }
 
 void SpooldirSource::resume() {

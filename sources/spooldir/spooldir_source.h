@@ -180,6 +180,8 @@ class SpooldirSource final : public Source {
   // Counts and renames the file `id` found at `path` aside, only while `path` still names it;
   // false when it was not moved.
   bool quarantine(const std::string& path, const spool::FileId& id, const std::string& why);
+  // Counts and logs a file renamed over ours that could not be put back (spool::renameIfSame).
+  void notePutBackFailed(const std::string& path, const spool::Renamed& r);
   void closeFile();
   void refreshPositionsKept();
   bool nonDurable();

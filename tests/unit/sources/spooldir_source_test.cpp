@@ -815,6 +815,27 @@ TEST_CASE("spooldir: a file written to between the last look and the rename is q
   CHECK(!exists(dir.file("f.COMPLETED")));
 }
 
+TEST_CASE("spooldir: a file deleted by someone else before its completion is not 'replaced'") {
+  SpoolTempDir dir;
+  writeFile(dir.file("f"), "1\n");
+  Rig rig(spoolConfig(dir.path()));
+  bool once = false;
+  rig.src->setTestHook([&](SpooldirSource::TestPoint at, const std::string& path) {
+    if (at == SpooldirSource::TestPoint::BeforeComplete && !once) {
+      once = true;
+      fs::remove(path);
+    }
+  });
+  rig.start();
+  REQUIRE(rig.waitCompleted(1));
+  CHECK(rig.ctx.count("FilesReplacedCount") == 0);
+  CHECK(rig.ctx.count("FilesFailedCount") == 0);
+  // and the name is not shunned: a new file under it is read.
+  drop(rig.staging, dir.path(), "f", "2\n");
+  REQUIRE(rig.waitCompleted(2));
+  CHECK(rig.ctx.bodies == Lines{"1", "2"});
+}
+
 TEST_CASE("spooldir: at restart a replaced file is read as a new file") {
   SpoolTempDir dir;
   writeFile(dir.file("f"), "l1\nl2\n");
