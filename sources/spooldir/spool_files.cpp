@@ -38,15 +38,26 @@ int64_t wallNowNs() {
 }
 
 Writers probeWriters(int fd) {
+  // The lease is taken on a descriptor of its own (a new open file description of the same
+  // file), so that a lease that cannot be released goes away with it instead of staying on the
+  // descriptor being read. O_NONBLOCK: a write lease held by another process fails the open.
+  std::string self = "/proc/self/fd/" + std::to_string(fd);
+  int own = ::open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (own < 0) return Writers::Unknown;
   // A writer opening the file while the lease is held is held up until it is released (a few
   // microseconds later) and the kernel signals the lease holder: SIGURG, whose default action
   // is to ignore it, instead of SIGIO, which would end the process.
-  if (::fcntl(fd, F_SETSIG, SIGURG) != 0) return Writers::Unknown;
-  if (::fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
-    ::fcntl(fd, F_SETLEASE, F_UNLCK);
-    return Writers::None;
+  Writers result = Writers::Unknown;
+  if (::fcntl(own, F_SETSIG, SIGURG) == 0) {
+    if (::fcntl(own, F_SETLEASE, F_RDLCK) == 0) {
+      // Not released: closing the descriptor below releases it; no answer is trusted then.
+      result = ::fcntl(own, F_SETLEASE, F_UNLCK) == 0 ? Writers::None : Writers::Unknown;
+    } else if (errno == EAGAIN) {
+      result = Writers::Some;
+    }
   }
-  return errno == EAGAIN ? Writers::Some : Writers::Unknown;
+  ::close(own);
+  return result;
 }
 
 std::string encodePosition(const Position& p) {

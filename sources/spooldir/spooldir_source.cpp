@@ -322,7 +322,14 @@ bool SpooldirSource::startFile(const std::string& path) {
   }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
+    int err = errno;
     ::close(fd);
+    // Neither kept nor moved aside: it is tried again at the next scans, said and counted once.
+    if (waiting_logged_.insert(path).second) {
+      counters_.files_failed->inc();
+      spdlog::error("spooldir source '{}': cannot stat {} after opening it: {}; trying again later",
+                    ctx_->name(), path, std::strerror(err));
+    }
     return false;
   }
   spool::FileId id = spool::fileIdOf(st);
@@ -385,10 +392,28 @@ bool SpooldirSource::startFile(const std::string& path) {
 }
 
 uint64_t SpooldirSource::settleWaitMs(int fd, int64_t ctime_ns, const std::string& path) {
-  int64_t age_ms = (spool::wallNowNs() - ctime_ns) / 1000000;
+  int64_t now = spool::wallNowNs();
+  if (ctime_ns - now > config_.poll_interval.count() * int64_t{1000000} && !future_logged_) {
+    future_logged_ = true;
+    spdlog::warn(
+        "spooldir source '{}': {} changed {} ms in the future by this host's clock (a clock "
+        "stepped back, or a file server's clock ahead); it is taken only once that time plus "
+        "min_age has passed (said once)",
+        ctx_->name(), path, (ctime_ns - now) / 1000000);
+  }
+  int64_t age_ms = (now - ctime_ns) / 1000000;
   if (age_ms < config_.min_age.count())
     return static_cast<uint64_t>(config_.min_age.count() - age_ms);
-  if (spool::probeWriters(fd) != spool::Writers::Some) return 0;
+  spool::Writers writers = spool::probeWriters(fd);
+  if (writers == spool::Writers::Unknown && !lease_unknown_logged_) {
+    lease_unknown_logged_ = true;
+    spdlog::warn(
+        "spooldir source '{}': cannot tell whether {} is open for writing (no lease: another "
+        "owner without CAP_LEASE, fs.leases-enable off, or a file system without leases); only "
+        "min_age keeps files still written from being taken (said once)",
+        ctx_->name(), path);
+  }
+  if (writers != spool::Writers::Some) return 0;
   if (waiting_logged_.insert(path).second) {
     spdlog::info(
         "spooldir source '{}': {} is open for writing by another process; waiting until it is "

@@ -218,6 +218,8 @@ class SpooldirSource final : public Source {
   std::string last_scan_error_;
   // Files said to be waiting (for a writer, or an open to be retried); pruned at each scan.
   std::set<std::string> waiting_logged_;
+  bool lease_unknown_logged_ = false;  // the lease probe could not tell (said once)
+  bool future_logged_ = false;         // a ctime in the future (said once)
   std::function<void(TestPoint, const std::string&)> test_hook_;
 
   // The current file.
