@@ -6,12 +6,14 @@
 // it in). One file is read at a time, in consume_order.
 //
 // Positions and crashes. Every offer carries one position key, "spooldir/<source name>", whose
-// value names the file (path, device, inode, size, mtime) and the byte offset after the last line
-// of the batch (spool_files.h). With a file channel that value is durable in the same write as
-// the lines, so after kill -9 the source resumes at exactly that offset: nothing lost, nothing
-// put twice. A file is completed (renamed or deleted) only once the channels' durable position
-// for it says end of file; a crash between that put and the rename leaves a file whose durable
-// position is its end, and the restarted source just completes it.
+// value names the file (path, device, inode, size, mtime, a fingerprint of its first bytes) and
+// the byte offset after the last line of the batch (spool_files.h). At a restart the file it
+// names goes first, exempt from min_age and the writer probe (its end still waits to settle),
+// so that no other file's offer moves the key away from a half-read file. With a file channel that
+// value is durable in the same write as the lines, so after kill -9 the source resumes at exactly
+// that offset: nothing lost, nothing put twice. A file is completed (renamed or deleted) only once
+// the channels' durable position for it says end of file; a crash between that put and the rename
+// leaves a file whose durable position is its end, and the restarted source just completes it.
 //
 // Whether the channels keep positions the context says (SourceContext::keepsPositions: a file
 // channel among them). When they do not (memory channels), the source keeps its own state file,
@@ -24,7 +26,9 @@
 // write, chmod and rename) is at least min_age old, and no other process has it open for writing
 // (a read-lease probe, spool_files.h; where it cannot tell, min_age alone decides). Opens are
 // O_NONBLOCK and the type is checked with fstat on the descriptor, so a FIFO renamed in after
-// the scan cannot hold the loop; anything but a regular file is quarantined.
+// the scan cannot hold the loop; anything but a regular file is quarantined. Open errors that
+// say something about the file (EACCES, EPERM, ELOOP, ENXIO, EIO) quarantine it; the others (a
+// write lease held elsewhere, no descriptors or memory) are tried again at a later scan.
 //
 // Files that change. A file that grows after it was taken (while read, at its end, or at the
 // last look before completion) is read on: its new lines are shipped, FilesGrownCount counts it
