@@ -413,6 +413,25 @@ TEST_CASE("spooldir: a file another process holds a write lease on is tried agai
   REQUIRE(::fcntl(holder, F_SETLEASE, F_UNLCK) == 0);
   REQUIRE(rig.waitCompleted(1));
   CHECK(rig.ctx.bodies == Lines{"l1"});
+  // A file gone is forgotten (the set of files said to wait is pruned at each scan): the next
+  // file under that name held the same way is said again. (Leased before it is renamed in, so
+  // that the source cannot take it first.)
+  auto leasedDrop = [&](const std::string& content) {
+    std::string tmp = rig.staging.file("g");
+    writeFile(tmp, content);
+    int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    REQUIRE(::fcntl(fd, F_SETSIG, SIGURG) == 0);
+    REQUIRE(::fcntl(fd, F_SETLEASE, F_WRLCK) == 0);
+    fs::rename(tmp, dir.file("g"));
+    return fd;
+  };
+  Close second{leasedDrop("g1\n")};
+  REQUIRE(rig.loop.runUntil([&] { return log.count("cannot open") == 2; }));
+  fs::remove(dir.file("g"));
+  rig.loop.runFor(100);  // scans without g
+  Close third{leasedDrop("g2\n")};
+  CHECK(rig.loop.runUntil([&] { return log.count("cannot open") == 3; }, 3000));
 }
 
 TEST_CASE("spooldir: long lines are split or truncated; counted") {
