@@ -38,25 +38,38 @@ int64_t wallNowNs() {
 }
 
 Writers probeWriters(int fd) {
+  // The lease is taken on a descriptor of its own (a new open file description of the same
+  // file), so that a lease that cannot be released goes away with it instead of staying on the
+  // descriptor being read. O_NONBLOCK: a write lease held by another process fails the open.
+  std::string self = "/proc/self/fd/" + std::to_string(fd);
+  int own = ::open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (own < 0) return Writers::Unknown;
   // A writer opening the file while the lease is held is held up until it is released (a few
   // microseconds later) and the kernel signals the lease holder: SIGURG, whose default action
   // is to ignore it, instead of SIGIO, which would end the process.
-  if (::fcntl(fd, F_SETSIG, SIGURG) != 0) return Writers::Unknown;
-  if (::fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
-    ::fcntl(fd, F_SETLEASE, F_UNLCK);
-    return Writers::None;
+  Writers result = Writers::Unknown;
+  if (::fcntl(own, F_SETSIG, SIGURG) == 0) {
+    if (::fcntl(own, F_SETLEASE, F_RDLCK) == 0) {
+      // Not released: closing the descriptor below releases it; no answer is trusted then.
+      result = ::fcntl(own, F_SETLEASE, F_UNLCK) == 0 ? Writers::None : Writers::Unknown;
+    } else if (errno == EAGAIN) {
+      result = Writers::Some;
+    }
   }
-  return errno == EAGAIN ? Writers::Some : Writers::Unknown;
+  ::close(own);
+  return result;
 }
 
 std::string encodePosition(const Position& p) {
-  return "v1 " + std::to_string(p.id.dev) + " " + std::to_string(p.id.ino) + " " +
+  return "v2 " + std::to_string(p.id.dev) + " " + std::to_string(p.id.ino) + " " +
          std::to_string(p.id.size) + " " + std::to_string(p.id.mtime_ns) + " " +
-         std::to_string(p.offset) + " " + p.path;
+         std::to_string(p.offset) + " " + std::to_string(p.fp_len) + " " +
+         std::to_string(p.fp_hash) + " " + p.path;
 }
 
 std::optional<Position> decodePosition(const std::string& text) {
-  if (text.rfind("v1 ", 0) != 0) return std::nullopt;
+  bool v2 = text.rfind("v2 ", 0) == 0;
+  if (!v2 && text.rfind("v1 ", 0) != 0) return std::nullopt;
   const char* p = text.data() + 3;
   const char* end = text.data() + text.size();
   auto number = [&](auto& out) {
@@ -70,9 +83,29 @@ std::optional<Position> decodePosition(const std::string& text) {
       !number(pos.id.mtime_ns) || !number(pos.offset)) {
     return std::nullopt;
   }
+  if (v2 && (!number(pos.fp_len) || !number(pos.fp_hash))) return std::nullopt;
   pos.path.assign(p, end);
   if (pos.path.empty() || pos.offset > pos.id.size) return std::nullopt;
+  if (pos.fp_len > pos.offset || pos.fp_len > kFingerprintBytes) return std::nullopt;
   return pos;
+}
+
+std::optional<uint64_t> fingerprint(int fd, uint64_t len) {
+  char buf[kFingerprintBytes];
+  if (len > sizeof buf) return std::nullopt;
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = ::pread(fd, buf + got, static_cast<size_t>(len) - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return std::nullopt;
+    got += static_cast<size_t>(n);
+  }
+  uint64_t h = 14695981039346656037ull;
+  for (size_t i = 0; i < got; ++i) {
+    h ^= static_cast<unsigned char>(buf[i]);
+    h *= 1099511628211ull;
+  }
+  return h;
 }
 
 namespace {
@@ -155,30 +188,37 @@ std::optional<std::string> renameUnique(const std::string& from, const std::stri
   return std::nullopt;
 }
 
-std::optional<std::string> renameIfSame(const std::string& from, const FileId& id,
-                                        const std::string& base, const std::string& suffix,
-                                        bool& replaced, std::string& error) {
-  replaced = false;
+Renamed renameIfSame(const std::string& from, const FileId& id, const std::string& base,
+                     const std::string& suffix) {
+  Renamed r;
   struct stat st {};
-  if (::lstat(from.c_str(), &st) != 0 || !fileIdOf(st).sameInode(id)) {
-    replaced = true;
-    return std::nullopt;
+  if (::lstat(from.c_str(), &st) != 0) {
+    r.result = errno == ENOENT ? Renamed::Result::Gone : Renamed::Result::Failed;
+    r.error = std::string("cannot stat: ") + std::strerror(errno);
+    return r;
   }
-  auto to = renameUnique(from, base, suffix, error);
-  if (!to) return std::nullopt;
+  if (!fileIdOf(st).sameInode(id)) {
+    r.result = Renamed::Result::Replaced;
+    return r;
+  }
+  auto to = renameUnique(from, base, suffix, r.error);
+  if (!to) {
+    r.result = errno == ENOENT ? Renamed::Result::Gone : Renamed::Result::Failed;
+    return r;
+  }
+  r.to = *to;
   if (::lstat(to->c_str(), &st) == 0 && !fileIdOf(st).sameInode(id)) {
     // Another file was renamed over `from` between the check and the rename: it is not ours to
     // move. Put it back (never over a newer one); ours is then gone from the directory.
+    r.result = Renamed::Result::Replaced;
     if (renameat2(AT_FDCWD, to->c_str(), AT_FDCWD, from.c_str(), RENAME_NOREPLACE) != 0) {
-      spdlog::warn(
-          "spooldir: {} was replaced while it was being moved to {}; cannot put the new "
-          "file back: {}",
-          from, *to, std::strerror(errno));
+      r.put_back_failed = true;
+      r.error = std::string("cannot put it back: ") + std::strerror(errno);
     }
-    replaced = true;
-    return std::nullopt;
+    return r;
   }
-  return to;
+  r.result = Renamed::Result::Moved;
+  return r;
 }
 
 bool writeStateFile(const std::string& path, const std::string& content, std::string& error) {

@@ -40,16 +40,26 @@ int64_t wallNowNs();
 enum class Writers { None, Some, Unknown };
 Writers probeWriters(int fd);
 
-// The position of the file being read: "v1 <dev> <ino> <size> <mtime_ns> <offset> <path>".
-// `offset` is the byte after the last line the put covers; offset == size means every line of
-// the file is in the channel and the file only has to be completed.
+// The position of the file being read:
+// "v2 <dev> <ino> <size> <mtime_ns> <offset> <fp_len> <fp_hash> <path>" (v1, read only, has no
+// fp_len and fp_hash). `offset` is the byte after the last line the put covers; offset == size
+// means every line of the file is in the channel and the file only has to be completed.
+// The fingerprint is a hash of the file's first fp_len = min(offset, kFingerprintBytes) bytes:
+// at a restart it tells the file read from another one that got the same inode (a deleted file's
+// inode reused) and the same file under another device number (a remount). fp_len 0: none (a v1
+// value, or nothing read yet), the inode alone decides.
+constexpr uint64_t kFingerprintBytes = 4096;
 struct Position {
   std::string path;
   FileId id;
   uint64_t offset = 0;
+  uint64_t fp_len = 0;
+  uint64_t fp_hash = 0;
   bool operator==(const Position&) const = default;
 };
 std::string encodePosition(const Position& p);
+// FNV-1a 64 of the first `len` bytes of `fd` (pread); nullopt when they cannot all be read.
+std::optional<uint64_t> fingerprint(int fd, uint64_t len);
 std::optional<Position> decodePosition(const std::string& text);
 
 struct ScanOptions {
@@ -81,11 +91,22 @@ std::optional<std::string> renameUnique(const std::string& from, const std::stri
 
 // Moves the file `id` (device + inode) that was found at `from` to a unique `base + suffix`
 // (as renameUnique), but only while `from` still names that file: checked before the rename, and
-// after it a file that was renamed over `from` in between is put back. Returns the name used;
-// nullopt with `replaced` set when `from` names another file (or none), else with `error`.
-std::optional<std::string> renameIfSame(const std::string& from, const FileId& id,
-                                        const std::string& base, const std::string& suffix,
-                                        bool& replaced, std::string& error);
+// after it a file that was renamed over `from` in between is put back.
+struct Renamed {
+  enum class Result {
+    Moved,     // `to` is the new name
+    Replaced,  // `from` names another file: ours is not moved (or, raced, no longer there)
+    Gone,      // nothing at `from` (moved or deleted by someone else)
+    Failed,    // `error` says why
+  };
+  Result result = Result::Failed;
+  std::string to;
+  std::string error;
+  // Replaced in the race: the other file could not be put back and sits at `to` (`error`).
+  bool put_back_failed = false;
+};
+Renamed renameIfSame(const std::string& from, const FileId& id, const std::string& base,
+                     const std::string& suffix);
 
 // The state file (for channels that keep no positions): `content` is written to path + ".tmp",
 // fsynced, renamed over `path`, and the directory fsynced. Creates the directory. Blocking.

@@ -34,7 +34,9 @@ const OptionTable<SpooldirConfig>& spooldirOptionTable() {
   static const OptionTable<SpooldirConfig> table = [] {
     using C = SpooldirConfig;
     OptionTable<C> t;
-    t.requiredString("path", &C::path, "directory to spool files from")
+    t.path("path", &C::path, "",
+           "directory to spool files from (required); a relative path is resolved against the "
+           "configuration file's directory")
         .string("completed_suffix", &C::completed_suffix, ".COMPLETED",
                 "appended to a file's name once every line is in the channels")
         .choice("delete_policy", &C::delete_policy, {"never", "immediate"}, "never",
@@ -66,6 +68,9 @@ const OptionTable<SpooldirConfig>& spooldirOptionTable() {
         .duration("min_age", &C::min_age, "5s", Millis(0), Millis(86400000),
                   "a file is taken only once unchanged (ctime) for this long and not open for "
                   "writing; 0: at once")
+        .duration("max_settle", &C::max_settle, "5m", Millis(10), Millis(86400000),
+                  "longest wait for a taken file to settle at its end; a file still changing "
+                  "then is moved aside with failed_suffix (its complete lines are put)")
         .boolean("watch", &C::watch, true,
                  "also watch the directory (inotify via libuv) to pick up files at once")
         .string("input_charset", &C::input_charset, "",
@@ -112,6 +117,7 @@ void SpooldirSource::start(SourceContext& ctx) {
   counters_.files_failed = &m.counter("FilesFailedCount");
   counters_.files_grown = &m.counter("FilesGrownCount");
   counters_.files_replaced = &m.counter("FilesReplacedCount");
+  counters_.files_unsettled = &m.counter("FilesUnsettledCount");
   counters_.lines_truncated = &m.counter("LinesTruncatedCount");
   counters_.lines_split = &m.counter("LinesSplitCount");
   counters_.decode_replaced = &m.counter("DecodeReplacementCount");
@@ -144,9 +150,13 @@ void SpooldirSource::start(SourceContext& ctx) {
     if (auto p = spool::decodePosition(v)) found.push_back(*p);
   }
   // With several channels the oldest wins; a file that still sits at its path comes first.
+  // Present: its inode number is still at its path, on the same device or (a remount changes
+  // the device number) with a fingerprint to check when it is opened (startFile).
   auto present = [](const spool::Position& p) {
     struct stat st {};
-    return ::stat(p.path.c_str(), &st) == 0 && spool::fileIdOf(st).sameInode(p.id);
+    if (::stat(p.path.c_str(), &st) != 0) return false;
+    spool::FileId id = spool::fileIdOf(st);
+    return id.ino == p.id.ino && (id.dev == p.id.dev || p.fp_len > 0);
   };
   for (const auto& p : found) {
     bool better = !resume_ || (present(p) && !present(*resume_)) ||
@@ -258,17 +268,25 @@ bool SpooldirSource::openNext() {
       spdlog::warn("spooldir source '{}': {}", ctx_->name(), error);
     }
     last_scan_error_ = error;
+    // Forget the files said to be waiting that are gone (the set would grow for ever).
+    std::set<std::string> still;
+    for (const auto& c : found) {
+      if (waiting_logged_.count(c.path)) still.insert(c.path);
+    }
+    waiting_logged_.swap(still);
     int64_t now = spool::wallNowNs();
     int64_t min_age_ns = static_cast<int64_t>(config_.min_age.count()) * 1000000;
     for (auto& c : found) {
       if (ignored_.count(c.path)) continue;
-      if (now - c.ctime_ns < min_age_ns) continue;  // changed lately: a later scan takes it
-      // The file that was being read before a restart goes first.
+      // The file that was being read before a restart goes first, however recently it changed:
+      // taking another file first would move the one position key away from it, and a second
+      // restart would read it again from its start. Its settling is waited for at its end.
       if (resume_ && c.path == resume_->path) {
         queue_.push_front(std::move(c.path));
-      } else {
-        queue_.push_back(std::move(c.path));
+        continue;
       }
+      if (now - c.ctime_ns < min_age_ns) continue;  // changed lately: a later scan takes it
+      queue_.push_back(std::move(c.path));
     }
   }
   while (!queue_.empty()) {
@@ -285,15 +303,33 @@ bool SpooldirSource::startFile(const std::string& path) {
   // open) must not hold the loop. It changes nothing for regular files.
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
-    if (errno == ENOENT) return false;  // moved away since the scan
-    std::string why = std::string("cannot open: ") + std::strerror(errno);
+    int err = errno;
+    if (err == ENOENT) return false;  // moved away since the scan
+    // Only errors that say something about the file quarantine it; the others (a write lease
+    // held by another process: EWOULDBLOCK under O_NONBLOCK; out of descriptors or memory; a
+    // signal) pass, and a later scan tries again.
+    if (err != EACCES && err != EPERM && err != ELOOP && err != ENXIO && err != EIO) {
+      if (waiting_logged_.insert(path).second) {
+        spdlog::warn("spooldir source '{}': cannot open {} now: {}; trying again later",
+                     ctx_->name(), path, std::strerror(err));
+      }
+      return false;
+    }
+    std::string why = std::string("cannot open: ") + std::strerror(err);
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) quarantine(path, spool::fileIdOf(st), why);
     return false;
   }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
+    int err = errno;
     ::close(fd);
+    // Neither kept nor moved aside: it is tried again at the next scans, said and counted once.
+    if (waiting_logged_.insert(path).second) {
+      counters_.files_failed->inc();
+      spdlog::error("spooldir source '{}': cannot stat {} after opening it: {}; trying again later",
+                    ctx_->name(), path, std::strerror(err));
+    }
     return false;
   }
   spool::FileId id = spool::fileIdOf(st);
@@ -302,17 +338,18 @@ bool SpooldirSource::startFile(const std::string& path) {
     quarantine(path, id, "is not a regular file (a FIFO, socket or device renamed in)");
     return false;
   }
-  if (settleWaitMs(fd, spool::ctimeNs(st), path) > 0) {
+  bool resuming = resume_ && resume_->path == path;
+  if (!resuming && settleWaitMs(fd, spool::ctimeNs(st), path) > 0) {
     ::close(fd);  // still being written: a later scan takes it
     return false;
   }
   uint64_t start_off = 0;
   bool grew = false;
-  if (resume_ && resume_->path == path) {
+  if (resuming) {
     spool::Position r = *resume_;
     resume_.reset();
-    if (!r.id.sameInode(id)) {
-      noteReplacedBeforeRestart(r);
+    if (!sameFile(r, fd, id)) {
+      noteReplacedBeforeRestart(r);  // read as a new file, from its start
     } else if (id.size < r.id.size || (id.size == r.id.size && id.mtime_ns != r.id.mtime_ns)) {
       ::close(fd);
       quarantine(path, id,
@@ -330,6 +367,9 @@ bool SpooldirSource::startFile(const std::string& path) {
   id_ = id;
   ctime_ns_ = spool::ctimeNs(st);
   grew_ = false;
+  settle_since_.reset();
+  fp_len_ = 0;
+  fp_hash_ = 0;
   waiting_logged_.erase(path);
   read_off_ = start_off;
   buf_len_ = 0;
@@ -352,10 +392,28 @@ bool SpooldirSource::startFile(const std::string& path) {
 }
 
 uint64_t SpooldirSource::settleWaitMs(int fd, int64_t ctime_ns, const std::string& path) {
-  int64_t age_ms = (spool::wallNowNs() - ctime_ns) / 1000000;
+  int64_t now = spool::wallNowNs();
+  if (ctime_ns - now > config_.poll_interval.count() * int64_t{1000000} && !future_logged_) {
+    future_logged_ = true;
+    spdlog::warn(
+        "spooldir source '{}': {} changed {} ms in the future by this host's clock (a clock "
+        "stepped back, or a file server's clock ahead); it is taken only once that time plus "
+        "min_age has passed (said once)",
+        ctx_->name(), path, (ctime_ns - now) / 1000000);
+  }
+  int64_t age_ms = (now - ctime_ns) / 1000000;
   if (age_ms < config_.min_age.count())
     return static_cast<uint64_t>(config_.min_age.count() - age_ms);
-  if (spool::probeWriters(fd) != spool::Writers::Some) return 0;
+  spool::Writers writers = spool::probeWriters(fd);
+  if (writers == spool::Writers::Unknown && !lease_unknown_logged_) {
+    lease_unknown_logged_ = true;
+    spdlog::warn(
+        "spooldir source '{}': cannot tell whether {} is open for writing (no lease: another "
+        "owner without CAP_LEASE, fs.leases-enable off, or a file system without leases); only "
+        "min_age keeps files still written from being taken (said once)",
+        ctx_->name(), path);
+  }
+  if (writers != spool::Writers::Some) return 0;
   if (waiting_logged_.insert(path).second) {
     spdlog::info(
         "spooldir source '{}': {} is open for writing by another process; waiting until it is "
@@ -363,6 +421,30 @@ uint64_t SpooldirSource::settleWaitMs(int fd, int64_t ctime_ns, const std::strin
         ctx_->name(), path);
   }
   return static_cast<uint64_t>(config_.poll_interval.count());
+}
+
+bool SpooldirSource::sameFile(const spool::Position& r, int fd, const spool::FileId& id) {
+  if (id.ino != r.id.ino) return false;
+  if (r.fp_len == 0) return id.dev == r.id.dev;       // no fingerprint: the inode alone
+  if (id.size < r.fp_len) return id.dev == r.id.dev;  // shrank below it: failed as shrunk
+  auto h = spool::fingerprint(fd, r.fp_len);
+  return h && *h == r.fp_hash;
+}
+
+spool::Position SpooldirSource::positionAt(uint64_t offset) {
+  spool::Position p{path_, id_, offset};
+  uint64_t len = std::min(offset, spool::kFingerprintBytes);
+  if (len != fp_len_) {
+    auto h = len == 0 ? std::optional<uint64_t>(0) : spool::fingerprint(fd_, len);
+    // Unreadable (it shrank meanwhile, which fails the file soon): no fingerprint, the inode
+    // alone decides at a restart.
+    fp_len_ = h ? len : 0;
+    fp_hash_ = h.value_or(0);
+    if (!h) return p;
+  }
+  p.fp_len = fp_len_;
+  p.fp_hash = fp_hash_;
+  return p;
 }
 
 void SpooldirSource::noteReplacedBeforeRestart(const spool::Position& r) {
@@ -542,8 +624,7 @@ SpooldirSource::Step SpooldirSource::emitLine(std::string_view line, uint64_t en
 }
 
 bool SpooldirSource::offerBatch() {
-  spool::Position p{path_, id_, batch_end_};
-  std::string value = spool::encodePosition(p);
+  std::string value = spool::encodePosition(positionAt(batch_end_));
   if (ctx_->offerWithPositions(batch_, {{key_, value}}) == OfferResult::Full) {
     paused_ = true;
     stopTurn();
@@ -565,6 +646,14 @@ void SpooldirSource::finishReading() {
   // The end is the end only once the file has settled; until then the complete lines go out and
   // the unfinished last one waits.
   if (uint64_t wait = settleWaitMs(fd_, ctime_ns_, path_); wait > 0) {
+    uint64_t now = uv_now(loop_);
+    if (!settle_since_) settle_since_ = now;
+    uint64_t max_settle = static_cast<uint64_t>(config_.max_settle.count());
+    if (now - *settle_since_ >= max_settle) {
+      giveUpSettling();
+      return;
+    }
+    wait = std::min(wait, *settle_since_ + max_settle - now);
     if (!batch_.empty() && !offerBatch()) return;  // resume() comes back here
     phase_ = Phase::Settling;
     stopTurn();
@@ -606,6 +695,15 @@ void SpooldirSource::finishReading() {
   checkDurable();
 }
 
+void SpooldirSource::giveUpSettling() {
+  if (!batch_.empty() && !offerBatch()) return;  // resume() comes back here
+  counters_.files_unsettled->inc();
+  failFile("kept changing at its end for longer than max_settle (" +
+           formatDuration(config_.max_settle) + "): a live log belongs to the tail source; its " +
+           "complete lines up to byte " + std::to_string(offered_end_) + " are put, the rest of " +
+           "the file is kept");
+}
+
 void SpooldirSource::refreshPositionsKept() {
   if (!positions_kept_ && ctx_ && !ctx_->durablePositions(key_).empty()) positions_kept_ = true;
 }
@@ -617,7 +715,7 @@ bool SpooldirSource::nonDurable() {
 
 void SpooldirSource::checkDurable() {
   if (phase_ != Phase::AwaitDurable || stopping_) return;
-  std::string final_value = spool::encodePosition({path_, id_, id_.size});
+  std::string final_value = spool::encodePosition(positionAt(id_.size));
   auto durable = ctx_->durablePositions(key_);
   if (!durable.empty()) positions_kept_ = true;
   // The context's answer wins (the channels may have changed at a reload); else what was learnt.
@@ -663,14 +761,22 @@ void SpooldirSource::completeFile() {
   // checked to be the file that was read.
   std::string base =
       remove ? path.substr(0, path.size() - basename_.size()) + "." + basename_ : path;
-  bool replaced = false;
-  std::string error;
   if (test_hook_) test_hook_(TestPoint::BeforeComplete, path);
-  auto to = spool::renameIfSame(path, id, base, config_.completed_suffix, replaced, error);
+  spool::Renamed r = spool::renameIfSame(path, id, base, config_.completed_suffix);
+  using Result = spool::Renamed::Result;
+  std::optional<std::string> to;
+  if (r.result == Result::Moved) to = r.to;
+  std::string error = r.error;
   struct stat st {};
   bool same = to && ::fstat(fd_, &st) == 0 && spool::fileIdOf(st) == id;
   closeFile();
-  if (replaced) {
+  if (r.put_back_failed) notePutBackFailed(path, r);
+  if (r.result == Result::Gone) {
+    // Every line of it is in the channels; someone moved or deleted it meanwhile.
+    counters_.files_completed->inc();
+    spdlog::warn("spooldir source '{}': {} was read whole but is no longer at its path ({})",
+                 ctx_->name(), path, error);
+  } else if (r.result == Result::Replaced) {
     // Every line of the file read is in the channels; the file now at the path is another one.
     counters_.files_completed->inc();
     counters_.files_replaced->inc();
@@ -713,13 +819,14 @@ void SpooldirSource::completeFile() {
 void SpooldirSource::failFile(const std::string& why) {
   std::string path = path_;
   spool::FileId id = id_;
+  spool::Position finished = positionAt(id_.size);
   closeFile();
   if (quarantine(path, id, why)) {
     // The durable position still names this file mid-way; after a restart a new file dropped
     // under the same name would look like this one replaced while being read. Mark it finished
     // (best effort: a refused offer changes nothing, and no resume() is awaited for it).
     Batch none;
-    std::string value = spool::encodePosition({path, id, id.size});
+    std::string value = spool::encodePosition(finished);
     if (ctx_->offerWithPositions(none, {{key_, value}}) == OfferResult::Accepted) {
       state_content_ = std::move(value);
       state_dirty_ = true;
@@ -731,14 +838,19 @@ void SpooldirSource::failFile(const std::string& why) {
 bool SpooldirSource::quarantine(const std::string& path, const spool::FileId& id,
                                 const std::string& why) {
   counters_.files_failed->inc();
-  bool replaced = false;
-  std::string error;
-  auto to = spool::renameIfSame(path, id, path, config_.failed_suffix, replaced, error);
-  if (to) {
-    spdlog::error("spooldir source '{}': {} {}; moved to {}", ctx_->name(), path, why, *to);
+  spool::Renamed r = spool::renameIfSame(path, id, path, config_.failed_suffix);
+  using Result = spool::Renamed::Result;
+  if (r.put_back_failed) notePutBackFailed(path, r);
+  if (r.result == Result::Moved) {
+    spdlog::error("spooldir source '{}': {} {}; moved to {}", ctx_->name(), path, why, r.to);
     return true;
   }
-  if (replaced) {
+  if (r.result == Result::Gone) {
+    spdlog::error("spooldir source '{}': {} {}; it is no longer at its path ({})", ctx_->name(),
+                  path, why, r.error);
+    return false;
+  }
+  if (r.result == Result::Replaced) {
     spdlog::error(
         "spooldir source '{}': {} {}; it is no longer at its path (a new file there is read as "
         "a new file)",
@@ -746,9 +858,19 @@ bool SpooldirSource::quarantine(const std::string& path, const spool::FileId& id
     return false;
   }
   spdlog::error("spooldir source '{}': {} {}; cannot move it aside ({}): skipped until restart",
-                ctx_->name(), path, why, error);
+                ctx_->name(), path, why, r.error);
   ignored_.insert(path);
   return false;
+}
+
+void SpooldirSource::notePutBackFailed(const std::string& path, const spool::Renamed& r) {
+  // The file renamed over ours while ours was moved now sits under a suffixed name, which is
+  // never scanned: it is not spooled unless someone renames it back.
+  counters_.files_failed->inc();
+  spdlog::error(
+      "spooldir source '{}': a new file was renamed over {} while it was being moved to {}; {}: "
+      "the new file is left as {} and is not spooled",
+      ctx_->name(), path, r.to, r.error, r.to);
 }
 
 void SpooldirSource::resume() {
@@ -842,7 +964,9 @@ bool SpooldirSource::idle() const {
 ConfigErrors validateSpooldirConfig(const SpooldirConfig& cfg) {
   ConfigErrors errors;
   struct stat st {};
-  if (::stat(cfg.path.c_str(), &st) != 0) {
+  if (cfg.path.empty()) {
+    errors.emplace_back("path", "is required: the directory to spool files from");
+  } else if (::stat(cfg.path.c_str(), &st) != 0) {
     errors.emplace_back("path",
                         "cannot use spool directory " + cfg.path + ": " + std::strerror(errno));
   } else if (!S_ISDIR(st.st_mode)) {
@@ -854,6 +978,11 @@ ConfigErrors validateSpooldirConfig(const SpooldirConfig& cfg) {
     errors.emplace_back("path", "cannot rename files in spool directory " + cfg.path +
                                     " (completed files would be read again after a restart): " +
                                     std::strerror(errno));
+  }
+  if (cfg.max_settle < cfg.min_age) {
+    errors.emplace_back("max_settle", "must not be shorter than min_age (" +
+                                          formatDuration(cfg.min_age) +
+                                          "): every file that grows would be moved aside");
   }
   for (const char* key : {"completed_suffix", "failed_suffix"}) {
     const std::string& v =

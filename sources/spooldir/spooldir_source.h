@@ -6,12 +6,14 @@
 // it in). One file is read at a time, in consume_order.
 //
 // Positions and crashes. Every offer carries one position key, "spooldir/<source name>", whose
-// value names the file (path, device, inode, size, mtime) and the byte offset after the last line
-// of the batch (spool_files.h). With a file channel that value is durable in the same write as
-// the lines, so after kill -9 the source resumes at exactly that offset: nothing lost, nothing
-// put twice. A file is completed (renamed or deleted) only once the channels' durable position
-// for it says end of file; a crash between that put and the rename leaves a file whose durable
-// position is its end, and the restarted source just completes it.
+// value names the file (path, device, inode, size, mtime, a fingerprint of its first bytes) and
+// the byte offset after the last line of the batch (spool_files.h). At a restart the file it
+// names goes first, exempt from min_age and the writer probe (its end still waits to settle),
+// so that no other file's offer moves the key away from a half-read file. With a file channel that
+// value is durable in the same write as the lines, so after kill -9 the source resumes at exactly
+// that offset: nothing lost, nothing put twice. A file is completed (renamed or deleted) only once
+// the channels' durable position for it says end of file; a crash between that put and the rename
+// leaves a file whose durable position is its end, and the restarted source just completes it.
 //
 // Whether the channels keep positions the context says (SourceContext::keepsPositions: a file
 // channel among them). When they do not (memory channels), the source keeps its own state file,
@@ -24,12 +26,16 @@
 // write, chmod and rename) is at least min_age old, and no other process has it open for writing
 // (a read-lease probe, spool_files.h; where it cannot tell, min_age alone decides). Opens are
 // O_NONBLOCK and the type is checked with fstat on the descriptor, so a FIFO renamed in after
-// the scan cannot hold the loop; anything but a regular file is quarantined.
+// the scan cannot hold the loop; anything but a regular file is quarantined. Open errors that
+// say something about the file (EACCES, EPERM, ELOOP, ENXIO, EIO) quarantine it; the others (a
+// write lease held elsewhere, no descriptors or memory) are tried again at a later scan.
 //
 // Files that change. A file that grows after it was taken (while read, at its end, or at the
 // last look before completion) is read on: its new lines are shipped, FilesGrownCount counts it
 // and a warning names it. At its end a file is completed only once it has settled again;
-// meanwhile the source waits (phase Settling) without emitting its unfinished last line. A file
+// meanwhile the source waits (phase Settling) without emitting its unfinished last line, but no
+// longer than max_settle: a file still changing then is quarantined (FilesUnsettledCount) so
+// that it cannot hold back every other file for ever. A file
 // that shrinks or is modified in place (same size, new mtime), one unreadable, a non-regular
 // file, a line that cannot be converted under on_decode_error: fail, and a file that changed
 // between the last look and the completion rename (checked with fstat after it) are logged,
@@ -88,6 +94,7 @@ struct SpooldirConfig {
   std::string on_long_line = "split";
   Millis poll_interval{500};
   Millis min_age{5000};
+  Millis max_settle{300000};
   bool watch = true;
   std::string input_charset;
   std::string on_decode_error = "replace";
@@ -138,6 +145,7 @@ class SpooldirSource final : public Source {
     Counter* files_failed = nullptr;
     Counter* files_grown = nullptr;
     Counter* files_replaced = nullptr;
+    Counter* files_unsettled = nullptr;
     Counter* lines_truncated = nullptr;
     Counter* lines_split = nullptr;
     Counter* decode_replaced = nullptr;
@@ -157,17 +165,27 @@ class SpooldirSource final : public Source {
   void noteGrowth(uint64_t from_size);
   // A file whose position survived a restart is another inode now: counted if it was mid-way.
   void noteReplacedBeforeRestart(const spool::Position& r);
+  // Whether the file opened as `fd` (`id`) at a resumed position's path is the file `r` names:
+  // the same inode number, and the same first bytes (fingerprint) or, without one, device.
+  static bool sameFile(const spool::Position& r, int fd, const spool::FileId& id);
+  // The position of the current file at `offset`, with its fingerprint (cached per length).
+  spool::Position positionAt(uint64_t offset);
   Step processBuffer();
   Step emitLine(std::string_view line, uint64_t end_off);
   Step emitLong(std::string_view line, uint64_t start_off, uint64_t end_off);
   bool offerBatch();
   void finishReading();
+  // The file kept changing at its end for max_settle: its complete lines are put, then it is
+  // quarantined (a live log, which the tail source is for) so that the other files go on.
+  void giveUpSettling();
   void checkDurable();
   void completeFile();
   void failFile(const std::string& why);
   // Counts and renames the file `id` found at `path` aside, only while `path` still names it;
   // false when it was not moved.
   bool quarantine(const std::string& path, const spool::FileId& id, const std::string& why);
+  // Counts and logs a file renamed over ours that could not be put back (spool::renameIfSame).
+  void notePutBackFailed(const std::string& path, const spool::Renamed& r);
   void closeFile();
   void refreshPositionsKept();
   bool nonDurable();
@@ -202,7 +220,10 @@ class SpooldirSource final : public Source {
   std::set<std::string> ignored_;  // could not be renamed aside: never read again in this run
   std::optional<spool::Position> resume_;
   std::string last_scan_error_;
-  std::set<std::string> waiting_logged_;  // files said to be waiting for a writer
+  // Files said to be waiting (for a writer, or an open to be retried); pruned at each scan.
+  std::set<std::string> waiting_logged_;
+  bool lease_unknown_logged_ = false;  // the lease probe could not tell (said once)
+  bool future_logged_ = false;         // a ctime in the future (said once)
   std::function<void(TestPoint, const std::string&)> test_hook_;
 
   // The current file.
@@ -211,7 +232,10 @@ class SpooldirSource final : public Source {
   int fd_ = -1;
   spool::FileId id_;
   int64_t ctime_ns_ = 0;
-  bool grew_ = false;      // grew after it was taken (counted once)
+  bool grew_ = false;                     // grew after it was taken (counted once)
+  std::optional<uint64_t> settle_since_;  // uv_now when its end was first found unsettled
+  uint64_t fp_len_ = 0;                   // the cached fingerprint: its length and hash
+  uint64_t fp_hash_ = 0;
   uint64_t read_off_ = 0;  // next byte to read
   std::unique_ptr<char[]> buf_;
   size_t buf_cap_ = 0;
