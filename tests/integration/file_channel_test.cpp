@@ -2,6 +2,7 @@
 // or skipped, counted, and everything undamaged is delivered.
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <signal.h>
 
 #include <cstdlib>
@@ -284,7 +285,7 @@ TEST_CASE("file channel: a full disk pauses the agent, keeps its data, and it re
   bool finished = waitFor(
       [&] {
         auto out = agent.out();
-        return out.find("\n" + std::to_string(n) + "\n") != std::string::npos;
+        return out.find(fmt::format("\n{}\n", n)) != std::string::npos;
       },
       120s);
   INFO(agent.err());

@@ -4,6 +4,7 @@
 // neither does kill -9 of the agent while the broker is down.
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -99,8 +100,7 @@ TEST_CASE("kafka harness: what kcat and librdkafka produce is read back exactly"
 
   // An independent producer (kcat, acks=all) with keys and a header on every record.
   std::string lines;
-  for (int i = 1; i <= 200; ++i)
-    lines += "k" + std::to_string(i % 5) + ":v" + std::to_string(i) + "\n";
+  for (int i = 1; i <= 200; ++i) lines += fmt::format("k{}:v{}\n", i % 5, i);
   writeFile(dir.file("in.txt"), lines);
   Process kcat({"/usr/bin/kcat", "-P", "-b", broker.bootstrap(), "-t", topic, "-K:", "-H",
                 "origin=kcat", "-X", "acks=all", "-l", dir.file("in.txt")},
@@ -111,8 +111,8 @@ TEST_CASE("kafka harness: what kcat and librdkafka produce is read back exactly"
   std::vector<KafkaProduceRecord> mine;
   for (int i = 201; i <= 300; ++i) {
     KafkaProduceRecord r;
-    if (i != 300) r.key = "k" + std::to_string(i % 5);
-    r.body = "v" + std::to_string(i);
+    if (i != 300) r.key = fmt::format("k{}", i % 5);
+    r.body = fmt::format("v{}", i);
     r.headers = {{"origin", "rdkafka"}, {"n", std::to_string(i)}, {"empty", ""}};
     mine.push_back(r);
   }
@@ -222,7 +222,7 @@ TEST_CASE("kafka sink: every event arrives as sent, through a memory and a file 
         continue;
       }
       ++seen[i];
-      std::string u = "u" + std::to_string(i % 7);
+      std::string u = fmt::format("u{}", i % 7);
       bool ok = r.body == "n=" + std::to_string(i) + " " + "user=" + u && r.topic == topic &&
                 r.key == u && r.header("n") == std::to_string(i) && r.header("user") == u &&
                 r.header("env") == env && r.header("origin") == "sluice";

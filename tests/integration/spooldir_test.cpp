@@ -4,6 +4,7 @@
 // the final drain equals the number of lines).
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <signal.h>
 
 #include <filesystem>
@@ -55,7 +56,7 @@ TEST_CASE("spooldir: kill -9 at 30 random moments while spooling; every line onc
   TempDir dir;
   fs::create_directories(dir.file("spool"));
   std::vector<std::string> all;
-  for (int f = 0; f < 10; ++f) dropSpoolFile(dir, "f" + std::to_string(f), 5000, all);
+  for (int f = 0; f < 10; ++f) dropSpoolFile(dir, fmt::format("f{}", f), 5000, all);
   std::string yaml =
       "agent:\n  name: it\n  data_dir: " + dir.file("data") +
       "\n  status: 127.0.0.1:0\n  drain_timeout: 5s\n"

@@ -817,7 +817,7 @@ struct LineSource : Source {
     if (paused || next >= total) return;
     Batch b;
     uint64_t end = std::min<uint64_t>(next + 10, total);
-    for (uint64_t i = next; i < end; ++i) b.add("e" + std::to_string(i), 1);
+    for (uint64_t i = next; i < end; ++i) b.add(fmt::format("e{}", i), 1);
     if (ctx->offerWithPositions(b, {{"line", std::to_string(end)}}) == OfferResult::Full) {
       paused = true;
       return;
