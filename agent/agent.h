@@ -147,12 +147,7 @@ class Agent {
   size_t pending_stops_ = 0;
   int exit_code_ = 0;
   uint64_t started_ms_ = 0;
-  struct Stall {
-    StallWatch watch;
-    uint64_t waited_ms = 0;  // events have waited this long with nothing delivered
-    bool logged = false;
-  };
-  std::map<std::string, Stall> stalls_;    // by sink group
+  StallWatches stalls_;                    // every sink group instance, retiring ones too
   std::map<std::string, bool> low_space_;  // by channel: below min_free_bytes (logged once)
 };
 
