@@ -629,7 +629,9 @@ void Agent::watchHealth() {
   }
   for (const auto& [name, entry] : channels_) {
     auto st = entry.channel->stats();
-    bool low = st.min_free_bytes > 0 && st.free_bytes < st.min_free_bytes;
+    // The channel's own judgement: it also refuses while free space minus what waits to be
+    // written and the put's size would go below min_free_bytes.
+    bool low = st.refusing_for_space;
     bool& was = low_space_[name];
     if (low && !was) {
       spdlog::error(
@@ -647,7 +649,10 @@ void Agent::watchHealth() {
 std::vector<HealthProblem> Agent::healthProblems() const {
   std::vector<HealthProblem> out;
   const std::string agent = "agent";
-  if (starting_) {
+  if (!start_failures_.empty()) {
+    for (const auto& f : start_failures_)
+      out.push_back({agent, config_.agent.name, "start failed: " + f});
+  } else if (starting_) {
     out.push_back({agent, config_.agent.name, "starting"});
   } else if (stopping_) {
     out.push_back({agent, config_.agent.name, "draining"});
@@ -694,10 +699,11 @@ std::vector<HealthProblem> Agent::healthProblems() const {
 std::string Agent::healthJson() const {
   auto problems = healthProblems();
   nlohmann::ordered_json j;
-  j["status"] = starting_          ? "starting"
-                : stopping_        ? "draining"
-                : problems.empty() ? "ok"
-                                   : "failing";
+  j["status"] = !start_failures_.empty() ? "failing"
+                : starting_              ? "starting"
+                : stopping_              ? "draining"
+                : problems.empty()       ? "ok"
+                                         : "failing";
   j["agent"] = config_.agent.name;
   j["version"] = SLUICE_VERSION;
   j["uptime_seconds"] = (uv_now(const_cast<uv_loop_t*>(&loop_)) - started_ms_) / 1000;
@@ -733,6 +739,7 @@ void Agent::checkStarted() {
     spdlog::error("start failed: {} could not start; exiting",
                   failed.size() == 1 ? "a source" : "sources");
     exit_code_ = 1;
+    start_failures_ = failed;
     beginShutdown(false);
     return;
   }

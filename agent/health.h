@@ -7,7 +7,8 @@
 //               bind, say), until it clears it;
 //   sink_group  events wait in its channel and it committed none for agent.stall_after (each
 //               instance by its own last commit, a retiring one draining an old channel too);
-//   channel     the free space on its volume is below its min_free_bytes, so it accepts nothing.
+//   channel     it refuses puts for free space (ChannelStats::refusing_for_space: what waits to
+//               be written and the put would leave less than min_free_bytes free).
 //
 // Everything here runs on the loop thread.
 

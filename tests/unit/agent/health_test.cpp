@@ -74,6 +74,9 @@ TEST_CASE("logging: under the journal every line starts with its syslog priority
   CHECK(out.str() ==
         "<3>error disk full\n<4>warning slow\n<6>info started\n<7>debug detail\n"
         "<2>critical abort\n");
+  out.str("");
+  logger.error("drain timeout:\nchannel a: 3 lost\nchannel b: 1 kept");
+  CHECK(out.str() == "<3>error drain timeout:\n<3>channel a: 3 lost\n<3>channel b: 1 kept\n");
 
   std::ostringstream plain;
   auto plain_sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(plain);
