@@ -93,7 +93,10 @@ std::unique_ptr<SinkGroup> Agent::makeGroup(const GroupSpec& spec, const Config&
   }
   // A lone sink's group reports nothing of its own: its sink's metrics say it all.
   MetricSetPtr group_metrics = spec.implicit ? nullptr : metrics_.set("SINKGROUP", spec.name);
-  return std::make_unique<SinkGroup>(&loop_, spec, channel, std::move(members), group_metrics);
+  auto group =
+      std::make_unique<SinkGroup>(&loop_, spec, channel, std::move(members), group_metrics);
+  stalls_.forget(group.get());
+  return group;
 }
 
 std::unique_ptr<SourceRunner> Agent::makeSource(const SourceSpec& spec, const Config& config) {
@@ -539,32 +542,52 @@ void Agent::onSignal(uv_signal_t* handle, int signum) {
 }
 
 std::string Agent::undeliveredReport() const {
-  // Per channel, the events some consumer has not delivered: the largest lag among its groups.
-  std::map<std::string, std::pair<ChannelPtr, uint64_t>> owed;
-  auto note = [&](const std::string& channel_name, const ChannelPtr& channel, uint64_t lag) {
-    auto& [ptr, n] = owed[channel_name];
-    ptr = channel;
-    n = std::max(n, lag);
+  // Per channel instance, the events some consumer has not delivered: the largest lag among its
+  // groups. By instance, not by name: a channel replaced by a reload (retiring) and its
+  // successor of the same name are different queues. Counted as pendingEvents() counts, so no
+  // cursor is made for a group that is going away.
+  struct Owed {
+    const Channel* channel;
+    std::string name;
+    std::string location;
+    bool retired;
+    uint64_t n;
+  };
+  std::vector<Owed> owed;
+  // `fallback`: the channel's name when the configuration no longer has this instance.
+  auto note = [&](const std::string& fallback, const ChannelPtr& channel, uint64_t lag) {
+    auto it = std::find_if(owed.begin(), owed.end(),
+                           [&](const Owed& o) { return o.channel == channel.get(); });
+    if (it == owed.end()) {
+      auto c = std::find_if(channels_.begin(), channels_.end(),
+                            [&](const auto& e) { return e.second.channel == channel; });
+      bool retired = c == channels_.end();
+      owed.push_back(
+          {channel.get(), retired ? fallback : c->first, channel->stats().location, retired, 0});
+      it = std::prev(owed.end());
+    }
+    it->n = std::max(it->n, lag);
   };
   for (const auto& [name, g] : groups_) {
-    if (!g.channel || g.sinks.empty()) continue;
-    uint64_t lag = g.running ? g.running->lag() : g.channel->cursor(name).lag();
-    note(g.sinks.front().common.channel, g.channel, lag);
+    if (g.running && !g.sinks.empty()) {
+      note(g.sinks.front().common.channel, g.running->channel(), g.running->lag());
+    } else if (g.wanted && g.channel && !g.sinks.empty()) {
+      note(g.sinks.front().common.channel, g.channel, g.channel->cursor(name).lag());
+    }
   }
   for (const auto& r : retiring_) {
     for (const auto& g : r.groups) note(r.name, r.channel, g->lag());
   }
   std::string out;
-  for (const auto& [name, entry] : owed) {
-    const auto& [channel, n] = entry;
-    if (n == 0) continue;
-    auto where = channel->stats().location;
+  for (const auto& o : owed) {
+    if (o.n == 0) continue;
+    std::string which = fmt::format("{}channel '{}'", o.retired ? "retired " : "", o.name);
     if (!out.empty()) out += "; ";
-    if (where.empty()) {
-      out += fmt::format("{} in memory channel '{}' are lost", n, name);
+    if (o.location.empty()) {
+      out += fmt::format("{} in memory {} are lost", o.n, which);
     } else {
-      out += fmt::format("{} stay in file channel '{}' ({}) and are sent after the next start", n,
-                         name, where);
+      out += fmt::format("{} stay in file {} ({}) and are sent after the next start", o.n, which,
+                         o.location);
     }
   }
   return out;
@@ -573,24 +596,32 @@ std::string Agent::undeliveredReport() const {
 void Agent::watchHealth() {
   uint64_t now = uv_now(&loop_);
   auto stall_after = static_cast<uint64_t>(config_.agent.stall_after.count());
-  for (auto it = stalls_.begin(); it != stalls_.end();) {
-    auto g = groups_.find(it->first);
-    it = (g == groups_.end() || !g->second.running) ? stalls_.erase(it) : std::next(it);
-  }
+  // Every instance on its own, by its own last commit: the sinks' delivery counters are shared
+  // by the instances of one name (a retiring group draining the old channel beside its
+  // successor) and would let one's deliveries hide the other's stall.
+  std::vector<GroupProgress> progress;
+  auto watch = [&](const SinkGroup& g, const std::string& channel, bool retiring) {
+    progress.push_back({&g, g.name(), g.spec().implicit ? "sink" : "sink_group", channel, retiring,
+                        g.lag(), g.lastCommitMs()});
+  };
   for (const auto& [name, g] : groups_) {
-    if (!g.running) continue;
-    uint64_t delivered = 0;
-    for (const auto& m : g.running->members()) delivered += m->successes->value();
-    uint64_t lag = g.running->lag();
-    auto& st = stalls_[name];
-    st.waited_ms = st.watch.update(now, lag, delivered);
+    if (g.running) watch(*g.running, g.sinks.front().common.channel, false);
+  }
+  for (const auto& r : retiring_) {
+    for (const auto& g : r.groups) watch(*g, r.name, true);
+  }
+  stalls_.update(now, progress);
+  for (auto& [instance, st] : stalls_.entries()) {
+    const auto& g = st.group;
     if (st.waited_ms >= stall_after && !st.logged) {
       st.logged = true;
-      spdlog::error("sink group {}: {} events wait and nothing was delivered for {}", name, lag,
+      spdlog::error("sink group {}{}: {} events wait and nothing was delivered for {}", g.name,
+                    g.retiring ? " (draining retired channel " + g.channel + ")" : "", g.lag,
                     formatDuration(Millis(st.waited_ms / 1000 * 1000)));
     } else if (st.waited_ms == 0 && st.logged) {
       st.logged = false;
-      spdlog::info("sink group {}: delivering again", name);
+      spdlog::info("sink group {}{}: delivering again", g.name,
+                   g.retiring ? " (draining retired channel " + g.channel + ")" : "");
     }
   }
   for (auto it = low_space_.begin(); it != low_space_.end();) {
@@ -598,7 +629,9 @@ void Agent::watchHealth() {
   }
   for (const auto& [name, entry] : channels_) {
     auto st = entry.channel->stats();
-    bool low = st.min_free_bytes > 0 && st.free_bytes < st.min_free_bytes;
+    // The channel's own judgement: it also refuses while free space minus what waits to be
+    // written and the put's size would go below min_free_bytes.
+    bool low = st.refusing_for_space;
     bool& was = low_space_[name];
     if (low && !was) {
       spdlog::error(
@@ -616,7 +649,10 @@ void Agent::watchHealth() {
 std::vector<HealthProblem> Agent::healthProblems() const {
   std::vector<HealthProblem> out;
   const std::string agent = "agent";
-  if (starting_) {
+  if (!start_failures_.empty()) {
+    for (const auto& f : start_failures_)
+      out.push_back({agent, config_.agent.name, "start failed: " + f});
+  } else if (starting_) {
     out.push_back({agent, config_.agent.name, "starting"});
   } else if (stopping_) {
     out.push_back({agent, config_.agent.name, "draining"});
@@ -640,13 +676,13 @@ std::vector<HealthProblem> Agent::healthProblems() const {
     for (const auto& [key, text] : src.running->problems()) out.push_back({"source", name, text});
   }
   auto stall_after = static_cast<uint64_t>(config_.agent.stall_after.count());
-  for (const auto& [name, st] : stalls_) {
+  for (const auto& [instance, st] : stalls_.entries()) {
     if (st.waited_ms < stall_after) continue;
-    auto g = groups_.find(name);
-    if (g == groups_.end() || !g->second.running) continue;
-    out.push_back({g->second.spec.implicit ? "sink" : "sink_group", name,
-                   fmt::format("{} events wait and nothing was delivered for {} s",
-                               g->second.running->lag(), st.waited_ms / 1000)});
+    const auto& g = st.group;
+    out.push_back(
+        {g.component, g.name,
+         fmt::format("{} events wait{} and nothing was delivered for {} s", g.lag,
+                     g.retiring ? " in retired channel " + g.channel : "", st.waited_ms / 1000)});
   }
   for (const auto& [name, low] : low_space_) {
     auto c = channels_.find(name);
@@ -663,10 +699,11 @@ std::vector<HealthProblem> Agent::healthProblems() const {
 std::string Agent::healthJson() const {
   auto problems = healthProblems();
   nlohmann::ordered_json j;
-  j["status"] = starting_          ? "starting"
-                : stopping_        ? "draining"
-                : problems.empty() ? "ok"
-                                   : "failing";
+  j["status"] = !start_failures_.empty() ? "failing"
+                : starting_              ? "starting"
+                : stopping_              ? "draining"
+                : problems.empty()       ? "ok"
+                                         : "failing";
   j["agent"] = config_.agent.name;
   j["version"] = SLUICE_VERSION;
   j["uptime_seconds"] = (uv_now(const_cast<uv_loop_t*>(&loop_)) - started_ms_) / 1000;
@@ -702,6 +739,7 @@ void Agent::checkStarted() {
     spdlog::error("start failed: {} could not start; exiting",
                   failed.size() == 1 ? "a source" : "sources");
     exit_code_ = 1;
+    start_failures_ = failed;
     beginShutdown(false);
     return;
   }

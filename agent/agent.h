@@ -140,19 +140,15 @@ class Agent {
   std::unique_ptr<StatusServer> status_;
   std::unique_ptr<SystemdNotifier> notifier_;
 
-  bool starting_ = true;    // until every component of the first configuration started
-  bool stopping_ = false;   // SIGTERM received: sources stopped, draining
-  bool finishing_ = false;  // drain over: sink groups stopping, nothing new starts
+  bool starting_ = true;  // until every component of the first configuration started
+  std::vector<std::string> start_failures_;  // the first start failed: what failed (exiting)
+  bool stopping_ = false;                    // SIGTERM received: sources stopped, draining
+  bool finishing_ = false;                   // drain over: sink groups stopping, nothing new starts
   uint64_t drain_deadline_ms_ = 0;
   size_t pending_stops_ = 0;
   int exit_code_ = 0;
   uint64_t started_ms_ = 0;
-  struct Stall {
-    StallWatch watch;
-    uint64_t waited_ms = 0;  // events have waited this long with nothing delivered
-    bool logged = false;
-  };
-  std::map<std::string, Stall> stalls_;    // by sink group
+  StallWatches stalls_;                    // every sink group instance, retiring ones too
   std::map<std::string, bool> low_space_;  // by channel: below min_free_bytes (logged once)
 };
 

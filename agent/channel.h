@@ -116,6 +116,9 @@ struct ChannelStats {
   // free_bytes is below it; /health reports that.
   uint64_t free_bytes = 0;
   uint64_t min_free_bytes = 0;
+  // It refuses puts for want of free space: what is queued for the disk and the put would leave
+  // less than min_free_bytes free (true from such a refusal until free space grows).
+  bool refusing_for_space = false;
 };
 
 class Channel {

@@ -24,6 +24,28 @@ class PriorityFlag final : public spdlog::custom_flag_formatter {
   }
 };
 
+// Under the journal every line is a record of its own: a message with line breaks gets the
+// priority prefix on each of its lines, not only the first.
+class JournalFormatter final : public spdlog::formatter {
+ public:
+  JournalFormatter() { inner_.add_flag<PriorityFlag>('*').set_pattern("%*%l %v"); }
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    spdlog::memory_buf_t line;
+    inner_.format(msg, line);
+    char prefix[3] = {'<', static_cast<char>('0' + journalPriority(msg.level)), '>'};
+    for (size_t i = 0; i < line.size(); ++i) {
+      dest.push_back(line[i]);
+      if (line[i] == '\n' && i + 1 < line.size()) dest.append(prefix, prefix + 3);
+    }
+  }
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<JournalFormatter>();
+  }
+
+ private:
+  spdlog::pattern_formatter inner_;
+};
+
 }  // namespace
 
 int journalPriority(spdlog::level::level_enum level) {
@@ -52,12 +74,9 @@ bool isJournalStream(const char* journal_stream, int fd) {
 }
 
 std::unique_ptr<spdlog::formatter> makeLogFormatter(bool journal) {
+  if (journal) return std::make_unique<JournalFormatter>();
   auto f = std::make_unique<spdlog::pattern_formatter>();
-  if (journal) {
-    f->add_flag<PriorityFlag>('*').set_pattern("%*%l %v");
-  } else {
-    f->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%l%$ %v");
-  }
+  f->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%l%$ %v");
   return f;
 }
 

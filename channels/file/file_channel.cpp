@@ -803,7 +803,9 @@ bool FileChannel::hasRoom(size_t events, size_t bytes) const {
   bool room = (used + need <= config_.max_bytes) || (empty && need <= config_.max_bytes);
   uint64_t free_bytes = free_bytes_.load();
   uint64_t after = free_bytes > queued_bytes_ + need ? free_bytes - queued_bytes_ - need : 0;
-  if (after < config_.min_free_bytes) room = false;
+  space_refused_ = after < config_.min_free_bytes;
+  space_refused_free_ = free_bytes;
+  if (space_refused_) room = false;
   // Bounds the memory of what waits for the writer (a slow or failing disk).
   if (inflight_ > 0 && queued_bytes_ + need > kMaxQueuedBytes) room = false;
   if (!room) space_wanted_ = true;
@@ -940,6 +942,9 @@ ChannelStats FileChannel::stats() const {
   s.location = dir_;
   s.free_bytes = free_bytes_.load();
   s.min_free_bytes = config_.min_free_bytes;
+  uint64_t queued = queued_bytes_ + config_.min_free_bytes;
+  s.refusing_for_space =
+      s.free_bytes < queued || (space_refused_ && s.free_bytes <= space_refused_free_);
   return s;
 }
 

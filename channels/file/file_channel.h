@@ -426,6 +426,9 @@ class FileChannel final : public Channel {
   std::vector<Listener> listeners_;
   uint64_t next_listener_id_ = 1;
   mutable bool space_wanted_ = false;
+  // The last put checked was refused for free space, with this much free (stats()).
+  mutable bool space_refused_ = false;
+  mutable uint64_t space_refused_free_ = 0;
   bool space_queued_ = false;
   std::vector<FileCursor*> ready_queue_;
   std::vector<FileCursor*> journal_queue_;  // cursors whose journal record is due

@@ -110,12 +110,11 @@ struct SyslogSource::Connection : private FrameSink {
   }
 };
 
-// Accept errors that say nothing about the listening socket itself (out of descriptors or
-// memory, a connection aborted before it was accepted): the listener stays.
-static bool acceptErrorIsPassing(int status) {
-  return status == UV_EMFILE || status == UV_ENFILE || status == UV_ENOBUFS ||
-         status == UV_ENOMEM || status == UV_ECONNABORTED || status == UV_EAGAIN ||
-         status == UV_EINTR;
+bool syslogAcceptErrorLosesListener(int status) {
+  // Only errors about the listening socket itself. Linux accept(2) also reports the pending
+  // connection's network errors (EPROTO, ENETDOWN, EHOSTUNREACH, EPERM, ETIMEDOUT, ...), and
+  // libuv passes them on: one bad client must not close the listener.
+  return status == UV_EBADF || status == UV_ENOTSOCK || status == UV_EINVAL || status == UV_EFAULT;
 }
 
 // ---- configuration ----
@@ -366,6 +365,7 @@ void SyslogSource::start(SourceContext& ctx) {
   }
   counters_.accepted = &m.counter("ConnectionAcceptedCount");
   counters_.refused = &m.counter("ConnectionRefusedCount");
+  counters_.accept_errors = &m.counter("AcceptErrorCount");
   counters_.closed = &m.counter("ConnectionClosedCount");
   counters_.idle_closed = &m.counter("ConnectionIdleTimeoutCount");
   counters_.tls_failures = &m.counter("TlsHandshakeFailureCount");
@@ -449,6 +449,9 @@ void SyslogSource::scheduleRetry() {
 
 void SyslogSource::retryListeners() {
   if (stopping_) return;
+  // The next round's delay, set before the attempts: a listener failing again below schedules
+  // the retry with it (500 ms, 1 s, 2 s, ... up to 30 s).
+  retry_ms_ = std::min(retry_ms_ * 2, kRetryMaxMs);
   bool waiting = false;
   for (auto& l : listeners_) {
     if (!l->failed) continue;
@@ -463,7 +466,6 @@ void SyslogSource::retryListeners() {
     retry_ms_ = kRetryFirstMs;
     return;
   }
-  retry_ms_ = std::min(retry_ms_ * 2, kRetryMaxMs);
   scheduleRetry();
 }
 
@@ -591,12 +593,7 @@ void SyslogSource::openListener(Listener& l) {
                      [](uv_stream_t* server, int status) {
                        auto* lis = static_cast<Listener*>(server->data);
                        if (status < 0) {
-                         if (!acceptErrorIsPassing(status)) {
-                           lis->self->loseListener(*lis, "lost " + listenerUrl(lis->addr), status);
-                           return;
-                         }
-                         spdlog::warn("syslog source '{}': accept: {}", lis->self->ctx_->name(),
-                                      uv_strerror(status));
+                         lis->self->onAcceptError(*lis, status);
                          return;
                        }
                        lis->self->onAccept(*lis);
@@ -673,6 +670,27 @@ void SyslogSource::onDatagram(std::string_view data, const struct sockaddr* addr
 }
 
 // ---- streams ----
+
+void SyslogSource::onAcceptError(Listener& l, int status) {
+  if (syslogAcceptErrorLosesListener(status)) {
+    loseListener(l, "lost " + listenerUrl(l.addr), status);
+    return;
+  }
+  // Out of descriptors: libuv accepts and closes the connection, so it was refused.
+  bool refused = status == UV_EMFILE || status == UV_ENFILE;
+  (refused ? counters_.refused : counters_.accept_errors)->inc();
+  uint64_t now = uv_now(loop_);
+  if (!accept_log_.allow(now)) return;
+  uint64_t left_out = accept_log_.takeSuppressed();
+  spdlog::warn("syslog source '{}': {} on {}: {}{}", ctx_->name(),
+               refused ? "refused a connection" : "accept failed", listenerUrl(l.addr),
+               uv_strerror(status),
+               left_out > 0 ? fmt::format(" ({} similar lines left out)", left_out) : "");
+}
+
+void SyslogSource::acceptErrorForTest(size_t i, int status) {
+  if (i < listeners_.size()) onAcceptError(*listeners_[i], status);
+}
 
 void SyslogSource::onAccept(Listener& l) {
   auto conn = std::make_unique<Connection>(

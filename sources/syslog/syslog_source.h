@@ -25,9 +25,11 @@
 // Listeners: one that cannot bind or listen (its port in use, say), or whose socket fails later,
 // is reported to the context as a problem (SourceContext::reportProblem, keyed by its URL:
 // /health names it, and the agent fails its start over it), logged once, counted in
-// ListenerErrorCount and tried again after 0.5 s, doubling up to 30 s; once it listens the
-// problem is cleared. Accept errors that concern one connection (EMFILE, ECONNABORTED) are not
-// a lost listener.
+// ListenerErrorCount and tried again after 0.5 s, 1 s, 2 s, ... up to 30 s; once it listens the
+// problem is cleared. Only an accept error about the listening socket itself (EBADF, ENOTSOCK,
+// EINVAL, EFAULT) loses the listener; a client's network error (EPROTO, ETIMEDOUT, ...) is
+// counted in AcceptErrorCount, running out of descriptors (EMFILE, ENFILE) in
+// ConnectionRefusedCount, both logged at most about once a second, and the listener stays.
 //
 // stop() closes the listeners and connections (a partial last frame of each connection is
 // kept), offers what is held once more (counting what is refused as dropped), closes every
@@ -45,6 +47,7 @@
 #include <vector>
 
 #include "agent/event.h"
+#include "agent/log_limiter.h"
 #include "agent/options.h"
 #include "agent/registry.h"
 #include "agent/source.h"
@@ -91,6 +94,10 @@ struct SyslogListenerAddress {
   std::string path;  // unix
 };
 // Parses udp://host:port, tcp://host:port, tls://host:port, unix:///path.
+// True when an accept(2) error (a UV_E* code) is about the listening socket itself, which is
+// then closed and opened again; any other error concerns one connection only.
+bool syslogAcceptErrorLosesListener(int status);
+
 std::optional<SyslogListenerAddress> parseSyslogListener(const std::string& url,
                                                          std::string& error);
 
@@ -119,6 +126,9 @@ class SyslogSource final : public Source {
   // Events held and not yet accepted (pending + current batch).
   size_t heldEvents() const { return pending_.size() + current_.size(); }
   bool paused() const { return blocked_; }
+  // What the accept callback of listener i does with `status` (a UV_E* code); for tests, which
+  // cannot make accept(2) fail with a client's network error.
+  void acceptErrorForTest(size_t i, int status);
 
  private:
   struct Connection;
@@ -131,6 +141,7 @@ class SyslogSource final : public Source {
     Counter* deviations[kSyslogDeviationKinds] = {};
     Counter* accepted = nullptr;
     Counter* refused = nullptr;
+    Counter* accept_errors = nullptr;
     Counter* closed = nullptr;
     Counter* idle_closed = nullptr;
     Counter* tls_failures = nullptr;
@@ -153,6 +164,10 @@ class SyslogSource final : public Source {
   void retryListeners();
   static std::string listenerUrl(const SyslogListenerAddress& a);
   void onAccept(Listener& l);
+  // accept(2) failed: only an error about the listening socket loses the listener; a client's
+  // network error (AcceptErrorCount) or running out of descriptors (ConnectionRefusedCount) is
+  // counted and logged at a limited rate, and the listener stays.
+  void onAcceptError(Listener& l, int status);
   // One UDP or Unix datagram; `truncated` when it did not fit the receive buffer.
   void onDatagram(std::string_view data, const struct sockaddr* addr, bool truncated);
   void onConnectionData(Connection& c, std::string_view data);
@@ -189,8 +204,9 @@ class SyslogSource final : public Source {
   Batch pending_;  // refused by the context; offered again on resume()
   bool blocked_ = false;
   uv_timer_t batch_timer_{};
-  uv_timer_t retry_timer_{};  // opens failed listeners again
-  uint64_t retry_ms_ = 500;   // the next retry's delay: doubles per failed round
+  uv_timer_t retry_timer_{};         // opens failed listeners again
+  uint64_t retry_ms_ = 500;          // the next retry's delay: doubles per failed round
+  LogLimiter accept_log_{1.0, 5.0};  // accept errors: 5 lines at once, then one a second
   std::vector<char> datagram_buf_;
   std::unique_ptr<char[]> udp_buf_;  // recvmmsg target of the UDP listeners, when there are any
 

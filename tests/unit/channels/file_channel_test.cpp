@@ -392,6 +392,29 @@ TEST_CASE("file channel: min_free_bytes gives backpressure") {
   CHECK(ch->hasRoom(1, 10));
 }
 
+TEST_CASE("file channel: stats say it refuses for space when a put would go below min_free_bytes") {
+  // Given free space above min_free_bytes, but not by enough for a large put.
+  TempDir dir;
+  TestLoop tl;
+  auto ops = std::make_shared<FaultyFileOps>();
+  ops->setFreeBytes((2 << 20) + 100);
+  auto cfg = config(dir.path);
+  cfg.min_free_bytes = 2 << 20;
+  auto ch = makeFileChannel(cfg, tl.context(), ops);
+  REQUIRE(ch);
+  CHECK(ch->stats().free_bytes >= ch->stats().min_free_bytes);
+  CHECK_FALSE(ch->stats().refusing_for_space);
+
+  // When a put is refused for space, the stats say so although free >= min_free_bytes.
+  CHECK_FALSE(ch->hasRoom(1, 10000));
+  CHECK(ch->stats().refusing_for_space);
+
+  // Then once the volume has room again, they no longer do.
+  ops->setFreeBytes(100 << 20);
+  REQUIRE(tl.runUntil([&] { return !ch->stats().refusing_for_space; }));
+  CHECK(ch->hasRoom(1, 10000));
+}
+
 // Every fault, at every step of a put: the put waits, nothing acknowledged is lost.
 TEST_CASE("file channel: injected faults delay puts but lose nothing") {
   struct Case {

@@ -682,6 +682,48 @@ TEST_CASE("syslog source: a listener whose port is in use is reported and tried 
   CHECK(stopAndWait(loop, *src) == 1);  // also when a check failed: no handle may stay open
 }
 
+TEST_CASE("syslog source: a client's accept error keeps the listener; a socket error loses it") {
+  // Linux accept(2) reports the pending connection's network errors; only errors about the
+  // listening socket itself close it.
+  for (int status : {UV_EPROTO, UV_ENETDOWN, UV_EHOSTUNREACH, UV_ENONET, UV_EPERM, UV_ENOPROTOOPT,
+                     UV_ENOTSUP, UV_ENETUNREACH, UV_ETIMEDOUT, UV_ECONNABORTED, UV_ENOBUFS,
+                     UV_ENOMEM, UV_EMFILE, UV_ENFILE}) {
+    CHECK_MESSAGE(!syslogAcceptErrorLosesListener(status), uv_err_name(status));
+  }
+  for (int status : {UV_EBADF, UV_ENOTSOCK, UV_EINVAL, UV_EFAULT}) {
+    CHECK_MESSAGE(syslogAcceptErrorLosesListener(status), uv_err_name(status));
+  }
+
+  // Given a TCP listener.
+  TestLoop loop;
+  FakeSourceContext ctx(loop.get(), "syslog_test");
+  auto src = make(config({"tcp://127.0.0.1:0"}));
+  src->start(ctx);
+  int port = src->boundPort(0);
+  REQUIRE(port > 0);
+
+  // When accept fails for clients (a protocol error, out of descriptors) many times over.
+  for (int i = 0; i < 100; ++i) src->acceptErrorForTest(0, UV_EPROTO);
+  src->acceptErrorForTest(0, UV_EMFILE);
+
+  // Then they are counted, no problem is reported and the listener still accepts.
+  CHECK(ctx.count("AcceptErrorCount") == 100);
+  CHECK(ctx.count("ConnectionRefusedCount") == 1);
+  CHECK(ctx.count("ListenerErrorCount") == 0);
+  CHECK(ctx.problems.empty());
+  CHECK(src->boundPort(0) == port);
+  int fd = tcpConnect(port);
+  sendAll(fd, "<13>still listening\n");
+  CHECK(loop.runUntil([&] { return ctx.events.size() == 1; }));
+  close(fd);
+
+  // And an error about the listening socket itself loses the listener, reported under its URL.
+  src->acceptErrorForTest(0, UV_EBADF);
+  CHECK(ctx.count("ListenerErrorCount") == 1);
+  CHECK(ctx.problems.count("tcp://127.0.0.1:0") == 1);
+  CHECK(stopAndWait(loop, *src) == 1);
+}
+
 TEST_CASE("syslog source: stop while a listener waits for its retry") {
   TestLoop loop;
   FakeSourceContext ctx(loop.get(), "syslog_test");
