@@ -131,10 +131,10 @@ TEST_CASE("kafka harness: what kcat and librdkafka produce is read back exactly"
     CHECK(r.offset >= 0);
     int i = std::stoi(r.body.substr(1));
     if (i <= 200) {
-      CHECK(r.key == "k" + std::to_string(i % 5));
+      CHECK(r.key == fmt::format("k{}", i % 5));
       CHECK(r.headers == std::vector<std::pair<std::string, std::string>>{{"origin", "kcat"}});
     } else {
-      CHECK(r.key == (i == 300 ? std::nullopt : std::optional("k" + std::to_string(i % 5))));
+      CHECK(r.key == (i == 300 ? std::nullopt : std::optional(fmt::format("k{}", i % 5))));
       CHECK(r.header("origin") == "rdkafka");
       CHECK(r.header("n") == std::to_string(i));
       CHECK(r.header("empty") == "");
