@@ -1,5 +1,6 @@
 #include "agent/config.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -554,6 +555,10 @@ std::optional<Config> parseConfig(const std::string& text, const std::string& fi
   if (agent.IsDefined() && !agent.IsNull()) {
     if (checkKeys(agent, agentTable().keys(), reader, "agent")) {
       agentTable().fill(agent, cfg.agent, reader, "agent");
+      // Empty (`data_dir: ""`, or an unset ${VAR:-}): state would go to /channels/<name>.
+      if (agent["data_dir"].IsDefined() && cfg.agent.data_dir.empty()) {
+        reader.diag().error(cfg.data_dir_at, "agent.data_dir", "must not be empty");
+      }
     }
   } else {
     agentTable().fill(YAML::Node(YAML::NodeType::Map), cfg.agent, reader, "agent");
@@ -633,9 +638,9 @@ void checkDataDir(const std::string& dir, Location where, Diagnostics& diag) {
   if (::stat(dir.c_str(), &st) == 0) {
     if (!S_ISDIR(st.st_mode)) {
       diag.error(where, path, "'" + dir + "' is not a directory");
-    } else if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    } else if (::faccessat(AT_FDCWD, dir.c_str(), W_OK | X_OK, AT_EACCESS) != 0) {
       diag.error(where, path,
-                 "'" + dir + "' is not writable by this user (uid " + std::to_string(::getuid()) +
+                 "'" + dir + "' is not writable by this user (uid " + std::to_string(::geteuid()) +
                      "): " + std::strerror(errno));
     }
     return;
@@ -649,9 +654,9 @@ void checkDataDir(const std::string& dir, Location where, Diagnostics& diag) {
   while (p.has_relative_path() && p.has_parent_path() && p != p.parent_path()) {
     p = p.parent_path();
     if (::stat(p.c_str(), &st) != 0) continue;
-    if (!S_ISDIR(st.st_mode) || ::access(p.c_str(), W_OK | X_OK) != 0) {
+    if (!S_ISDIR(st.st_mode) || ::faccessat(AT_FDCWD, p.c_str(), W_OK | X_OK, AT_EACCESS) != 0) {
       std::string msg = "'" + dir + "' does not exist and cannot be created: '" + p.string() +
-                        "' is not a directory this user (uid " + std::to_string(::getuid()) +
+                        "' is not a directory this user (uid " + std::to_string(::geteuid()) +
                         ") can write";
       // The default directory missing is a developer's run of a demo, not a service (systemd's
       // StateDirectory creates it): only the components that keep state there would fail.

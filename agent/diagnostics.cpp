@@ -42,7 +42,14 @@ std::string Diagnostics::format() const {
   return out;
 }
 
+namespace {
+thread_local size_t edit_distance_count = 0;
+}  // namespace
+
+size_t editDistanceCount() { return edit_distance_count; }
+
 size_t editDistance(const std::string& a, const std::string& b) {
+  ++edit_distance_count;
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
   for (size_t i = 1; i <= a.size(); ++i) {
@@ -57,17 +64,20 @@ size_t editDistance(const std::string& a, const std::string& b) {
 }
 
 std::string nearest(const std::string& word, const std::vector<std::string>& candidates) {
+  // A plausible typo: at most a third of the word wrong (and at least two edits allowed).
+  size_t limit = std::max<size_t>(2, word.size() / 3);
   std::string best;
   size_t best_distance = SIZE_MAX;
   for (const auto& c : candidates) {
+    // The distance is at least the difference in length: such a candidate cannot be near.
+    size_t length_gap = c.size() > word.size() ? c.size() - word.size() : word.size() - c.size();
+    if (length_gap > limit) continue;
     size_t d = editDistance(word, c);
     if (d < best_distance) {
       best_distance = d;
       best = c;
     }
   }
-  // A plausible typo: at most a third of the word wrong (and at least two edits allowed).
-  size_t limit = std::max<size_t>(2, word.size() / 3);
   if (best_distance <= limit) return best;
   // An abbreviation: "trunc" for "truncate".
   if (word.size() >= 3) {

@@ -28,6 +28,9 @@ class Diagnostics {
   // Every error, including those past the cap that are counted but not kept.
   size_t errorCount() const { return errors_; }
   const std::vector<Diagnostic>& all() const { return items_; }
+  // True once kMaxKept diagnostics are kept: a caller may then skip the work of building a
+  // message (a did-you-mean search) and only count the error.
+  bool full() const { return items_.size() >= kMaxKept; }
   // One line per diagnostic: "file:line:col: error: path: message"; then, when errors were
   // left out, how many.
   std::string format() const;
@@ -47,6 +50,9 @@ class Diagnostics {
 
 // Edit distance, for did-you-mean suggestions.
 size_t editDistance(const std::string& a, const std::string& b);
+// How many times this thread has computed an edit distance: lets a test see that `check` on a
+// file with many unknown keys does not search for suggestions it will not show.
+size_t editDistanceCount();
 // The candidate nearest to `word`, or "" when none is near enough to be a plausible typo.
 std::string nearest(const std::string& word, const std::vector<std::string>& candidates);
 

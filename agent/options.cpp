@@ -2,7 +2,13 @@
 
 #include <re2/re2.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <limits>
 #include <unordered_set>
 
@@ -254,6 +260,10 @@ bool checkKeys(const YAML::Node& map, const std::vector<std::string>& known, Con
     if (!seen.insert(key).second) {
       reader.diag().error(where, path.empty() ? key : path + "." + key, "duplicate key");
     } else if (!known_set.count(key)) {
+      if (reader.diag().full()) {  // not shown: counted, without a did-you-mean search
+        reader.diag().error(where, std::string(), std::string());
+        continue;
+      }
       std::string msg = "unknown key '" + key + "'";
       auto near = nearest(key, known);
       if (!near.empty()) msg += " (did you mean '" + near + "'?)";
@@ -263,13 +273,49 @@ bool checkKeys(const YAML::Node& map, const std::vector<std::string>& known, Con
   return true;
 }
 
-bool ConfigReader::maySecret(const std::string& path) {
+bool looksSecret(const std::string& name) {
   std::string lower;
-  for (char c : path) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (const char* word : {"password", "secret", "token", "credential", "passphrase"}) {
+  for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (const char* word : {"password", "passwd", "secret", "token", "credential", "passphrase",
+                           "key", "jaas", "oauthbearer", "auth", "private"}) {
     if (lower.find(word) != std::string::npos) return true;
   }
   return false;
+}
+
+bool ConfigReader::referencesSecret(const std::string& raw) {
+  for (size_t i = raw.find("${"); i != std::string::npos; i = raw.find("${", i + 2)) {
+    if (i > 0 && raw[i - 1] == '$') continue;  // $${X} is a literal
+    size_t end = raw.find_first_of(":}", i + 2);
+    if (end == std::string::npos) return false;
+    if (looksSecret(raw.substr(i + 2, end - i - 2))) return true;
+  }
+  return false;
+}
+
+std::optional<std::string> checkReadableFile(const std::string& file, bool dir_ok) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) {
+    return "cannot read '" + file + "': " + std::strerror(errno);
+  }
+  if (!S_ISREG(st.st_mode) && !(dir_ok && S_ISDIR(st.st_mode))) {
+    return "'" + file + "' is not a regular file" + (dir_ok ? " or a directory" : "");
+  }
+  if (::faccessat(AT_FDCWD, file.c_str(), R_OK | (S_ISDIR(st.st_mode) ? X_OK : 0), AT_EACCESS) !=
+      0) {
+    return "'" + file + "' is not readable by this user (uid " + std::to_string(::geteuid()) +
+           "): " + std::strerror(errno);
+  }
+  return std::nullopt;
+}
+
+std::string ConfigReader::pathValue(const YAML::Node& node, const std::string& value,
+                                    const std::string& path) {
+  if (!value.empty() && value[0] == '~') {
+    diag_.error(locationOf(node), path, "~ is not expanded; write the full path");
+    return value;
+  }
+  return resolvePath(value);
 }
 
 std::string ConfigReader::resolvePath(const std::string& path) const {

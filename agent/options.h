@@ -52,6 +52,16 @@ std::optional<std::string> expandEnv(
 
 Location locationOf(const YAML::Node& node);
 
+// Whether a name (a key path, a librdkafka property, an environment variable) looks like it
+// holds a secret: it contains, in any case, one of password, passwd, secret, token, credential,
+// passphrase, key, jaas, oauthbearer, auth or private. The one list every masking decision uses.
+bool looksSecret(const std::string& name);
+
+// Why `file` is not a readable regular file (or, with dir_ok, a directory) for this process's
+// effective user, or nothing when it is. Uses stat() and faccessat(AT_EACCESS) only: opening a
+// FIFO would block.
+std::optional<std::string> checkReadableFile(const std::string& file, bool dir_ok = false);
+
 // Reads scalars with environment expansion and reports problems to diagnostics.
 class ConfigReader {
  public:
@@ -66,25 +76,33 @@ class ConfigReader {
   // the working directory (`/` under systemd) does not matter. Empty: left relative.
   void setBaseDir(std::string dir) { base_dir_ = std::move(dir); }
   std::string resolvePath(const std::string& path) const;
+  // A path option's value resolved as resolvePath() does; a leading `~` is an error (no shell
+  // expands it, and `<confdir>/~/x` is never what was meant).
+  std::string pathValue(const YAML::Node& node, const std::string& value, const std::string& path);
   // How a value is quoted in a diagnostic: as the user wrote it, and for a value that came from
   // the environment also what it expanded to, unless the key may hold a secret (see
   // maySecret), whose expansion is never echoed.
   static std::string shown(const YAML::Node& node, const std::string& value,
                            const std::string& path) {
     if (node.Scalar() == value) return value;
-    if (maySecret(path)) return node.Scalar() + " (expanded from the environment, value hidden)";
+    if (maySecret(path) || referencesSecret(node.Scalar()))
+      return node.Scalar() + " (expanded from the environment, value hidden)";
     return node.Scalar() + " (expanded to '" + value + "')";
   }
   // A parser's error message, quoting the value as shown() does.
   static std::string parseError(const YAML::Node& node, const std::string& value,
                                 const std::string& path, const std::string& error,
                                 const std::string& what) {
-    return node.Scalar() == value ? error
-                                  : shown(node, value, path) + " is not a valid " + what + ": " +
-                                        (maySecret(path) ? "hidden" : error);
+    return node.Scalar() == value
+               ? error
+               : shown(node, value, path) + " is not a valid " + what + ": " +
+                     (maySecret(path) || referencesSecret(node.Scalar()) ? "hidden" : error);
   }
-  // Whether a key path names something secret (password, secret, token, credentials).
-  static bool maySecret(const std::string& path);
+  // Whether a key path names something secret (see looksSecret).
+  static bool maySecret(const std::string& path) { return looksSecret(path); }
+  // Whether a value as written refers to an environment variable whose name looks secret
+  // (`${KAFKA_PASSWORD}`), whatever key it sits under.
+  static bool referencesSecret(const std::string& raw);
 
  private:
   Diagnostics& diag_;
@@ -137,11 +155,15 @@ class OptionTable {
         });
   }
   // A file or directory; a relative one is resolved against the configuration file's directory.
-  OptionTable& path(std::string key, std::string Cfg::*member, std::string def, std::string help) {
+  // `literal`: a word the option also takes that is not a path (kafka's tls_ca_file `probe`).
+  OptionTable& path(std::string key, std::string Cfg::*member, std::string def, std::string help,
+                    std::string literal = {}) {
     return add(
         makeInfo(key, "path", def, help), [member, def](Cfg& c) { c.*member = def; },
-        [member](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
-          if (auto v = r.scalar(n, path)) c.*member = r.resolvePath(*v);
+        [member, literal](const YAML::Node& n, Cfg& c, ConfigReader& r, const std::string& path) {
+          auto v = r.scalar(n, path);
+          if (!v) return;
+          c.*member = !literal.empty() && *v == literal ? *v : r.pathValue(n, *v, path);
         });
   }
   OptionTable& boolean(std::string key, bool Cfg::*member, bool def, std::string help) {
@@ -282,7 +304,10 @@ class OptionTable {
             if (required && v->empty()) {
               r.diag().error(locationOf(n), path, "must list at least one entry");
             }
-            for (auto& entry : *v) entry = r.resolvePath(entry);
+            for (size_t i = 0; i < v->size(); ++i) {
+              (*v)[i] = r.pathValue(n.IsSequence() ? n[i] : n, (*v)[i],
+                                    n.IsSequence() ? path + "[" + std::to_string(i) + "]" : path);
+            }
             c.*member = *v;
           }
         });

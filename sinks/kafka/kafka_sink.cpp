@@ -79,12 +79,6 @@ const std::map<std::string, std::string>& ownedProperties() {
   return owned;
 }
 
-bool looksSecret(const std::string& key) {
-  return key.find("password") != std::string::npos || key.find("secret") != std::string::npos ||
-         key.find("token") != std::string::npos || key.find(".key") != std::string::npos ||
-         key.find("jaas") != std::string::npos || key.find("oauthbearer") != std::string::npos;
-}
-
 std::optional<std::string> readSecretFile(const std::string& path, std::string& error) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -1403,7 +1397,9 @@ const OptionTable<KafkaConfig>& kafkaOptionTable() {
     t.path("sasl_password_file", &C::sasl_password_file, "",
            "File holding the SASL password (trailing newline ignored).");
     t.boolean("tls", &C::tls, false, "Connect with TLS.");
-    t.path("tls_ca_file", &C::tls_ca_file, "", "CA certificate(s) to verify brokers (PEM).");
+    t.path("tls_ca_file", &C::tls_ca_file, "",
+           "CA certificate(s) to verify brokers (PEM file or directory; `probe`: the system's).",
+           "probe");
     t.path("tls_cert_file", &C::tls_cert_file, "", "Client certificate (PEM).");
     t.path("tls_key_file", &C::tls_key_file, "", "Client private key (PEM).");
     t.string("tls_key_password", &C::tls_key_password, "",
@@ -1471,20 +1467,25 @@ ConfigErrors validateKafkaConfig(const KafkaConfig& cfg) {
                         "set tls_key_password or tls_key_password_file, not both");
   }
   // Files the producer reads when it starts: refused now rather than by librdkafka at run time.
-  for (const auto& [key, file] : {std::pair{"sasl_password_file", &cfg.sasl_password_file},
-                                  {"tls_ca_file", &cfg.tls_ca_file},
-                                  {"tls_cert_file", &cfg.tls_cert_file},
-                                  {"tls_key_file", &cfg.tls_key_file},
-                                  {"tls_key_password_file", &cfg.tls_key_password_file}}) {
-    if (file->empty()) continue;
-    struct stat st {};
-    int fd = -1;
-    if (::stat(file->c_str(), &st) != 0 || (fd = ::open(file->c_str(), O_RDONLY)) < 0) {
-      errors.emplace_back(key, "cannot read '" + *file + "': " + std::strerror(errno));
-    } else if (!S_ISREG(st.st_mode)) {
-      errors.emplace_back(key, "'" + *file + "' is not a regular file");
-    }
-    if (fd >= 0) ::close(fd);
+  // Only stat() and faccessat() (effective ids, as the service runs): never open(), which blocks
+  // on a FIFO and would stall `check` or a reload on the loop thread. Files of an option that is
+  // not in use (TLS off, no SASL) are left alone.
+  struct FileOption {
+    const char* key;
+    const std::string* file;
+    bool used;
+    bool dir_ok;  // ssl.ca.location also takes a directory of certificates
+  };
+  for (const auto& [key, file, used, dir_ok] :
+       {FileOption{"sasl_password_file", &cfg.sasl_password_file, sasl, false},
+        FileOption{"tls_ca_file", &cfg.tls_ca_file, cfg.tls, true},
+        FileOption{"tls_cert_file", &cfg.tls_cert_file, cfg.tls, false},
+        FileOption{"tls_key_file", &cfg.tls_key_file, cfg.tls, false},
+        FileOption{"tls_key_password_file", &cfg.tls_key_password_file, cfg.tls, false}}) {
+    if (!used || file->empty()) continue;
+    // `probe`: librdkafka looks for the system's CA bundle itself.
+    if (dir_ok && *file == "probe") continue;
+    if (auto problem = checkReadableFile(*file, dir_ok)) errors.emplace_back(key, *problem);
   }
   if (!cfg.tls &&
       (!cfg.tls_ca_file.empty() || !cfg.tls_cert_file.empty() || !cfg.tls_key_file.empty() ||

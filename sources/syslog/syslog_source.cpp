@@ -143,11 +143,11 @@ const OptionTable<SyslogConfig>& syslogOptionTable() {
                  "add client.ip and client.port headers (the sender's address)")
         .boolean("raw_header", &SyslogConfig::raw_header, false,
                  "add a syslog.raw header holding the message exactly as received")
-        .string("cert_file", &SyslogConfig::cert_file, "",
-                "PEM certificate chain for tls:// listeners (read at start and on reload)")
-        .string("key_file", &SyslogConfig::key_file, "", "PEM private key for tls:// listeners")
-        .string("ca_file", &SyslogConfig::ca_file, "",
-                "PEM CA certificates that client certificates are verified against")
+        .path("cert_file", &SyslogConfig::cert_file, "",
+              "PEM certificate chain for tls:// listeners (read at start and on reload)")
+        .path("key_file", &SyslogConfig::key_file, "", "PEM private key for tls:// listeners")
+        .path("ca_file", &SyslogConfig::ca_file, "",
+              "PEM CA certificates that client certificates are verified against")
         .boolean("verify_client", &SyslogConfig::verify_client, false,
                  "tls:// clients must present a certificate signed by ca_file")
         .choice("min_tls_version", &SyslogConfig::min_tls_version, {"1.2", "1.3"}, "1.2",

@@ -1,4 +1,10 @@
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <future>
 
 #include <filesystem>
 #include <fstream>
@@ -7,6 +13,8 @@
 
 #include "agent/config.h"
 #include "agent/schema.h"
+#include "sinks/kafka/kafka_sink.h"
+#include "sources/syslog/syslog_source.h"
 
 using namespace sluice;
 
@@ -502,4 +510,125 @@ TEST_CASE("a directory given as the configuration file is an error, not an empty
   Diagnostics diag("/tmp");
   CHECK(!loadConfigFile("/tmp", testRegistry(), diag, fakeEnv()));
   CHECK(diag.format() == "/tmp: error: cannot read the configuration file: it is a directory\n");
+}
+
+TEST_CASE("kafka file checks: stat and faccessat, never open; a FIFO does not block") {
+  ConfigDir dir;
+  auto fifo = dir.path / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  std::ofstream(dir.path / "ca.pem") << "x";
+  KafkaConfig cfg;
+  Diagnostics defaults("k.yaml");
+  ConfigReader defaults_reader(defaults, fakeEnv());
+  kafkaOptionTable().fill(YAML::Load("{brokers: [a:1], topic: t, tls: true}"), cfg,
+                          defaults_reader, "sinks.k");
+  auto keys = [](const ConfigErrors& errors) {
+    std::string out;
+    for (const auto& [k, msg] : errors) out += k + ": " + msg + "\n";
+    return out;
+  };
+  SUBCASE("a FIFO is refused at once") {
+    cfg.tls_cert_file = fifo.string();
+    auto result = std::async(std::launch::async, [&] { return validateKafkaConfig(cfg); });
+    if (result.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+      // Release the blocked open() so the test can finish and report.
+      int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+      if (fd >= 0) ::close(fd);
+      FAIL("validateKafkaConfig blocked on a FIFO");
+    }
+    auto text = keys(result.get());
+    CHECK(text.find("tls_cert_file: '" + fifo.string() + "' is not a regular file") !=
+          std::string::npos);
+  }
+  SUBCASE("tls_ca_file may be a directory or `probe`; a file is fine everywhere") {
+    cfg.tls_ca_file = dir.path.string();
+    cfg.tls_cert_file = (dir.path / "ca.pem").string();
+    CHECK(keys(validateKafkaConfig(cfg)) == "");
+    cfg.tls_ca_file = "probe";
+    CHECK(keys(validateKafkaConfig(cfg)) == "");
+    cfg.tls_key_file = dir.path.string();
+    CHECK(keys(validateKafkaConfig(cfg))
+              .find("tls_key_file: '" + dir.path.string() + "' is not a regular file") !=
+          std::string::npos);
+  }
+  SUBCASE("files of an option not in use are not checked") {
+    cfg.tls = false;
+    cfg.tls_ca_file = (dir.path / "missing.pem").string();
+    CHECK(keys(validateKafkaConfig(cfg)) == "tls: TLS files are set but tls is false\n");
+  }
+  SUBCASE("`probe` is not resolved against the configuration directory") {
+    YAML::Node node = YAML::Load("{brokers: [a:1], topic: t, tls: true, tls_ca_file: probe}");
+    Diagnostics diag("k.yaml");
+    ConfigReader reader(diag, fakeEnv());
+    reader.setBaseDir(dir.path.string());
+    KafkaConfig parsed;
+    kafkaOptionTable().fill(node, parsed, reader, "sinks.k");
+    CHECK(parsed.tls_ca_file == "probe");
+    CHECK(keys(validateKafkaConfig(parsed)) == "");
+  }
+}
+
+TEST_CASE("a value from a secret-looking variable is hidden under any key") {
+  env_vars["KAFKA_PASSWORD"] = "hunter2";
+  std::string text = kGood;
+  text.replace(text.find("max_bytes: 8MiB"), 15, "max_bytes: ${KAFKA_PASSWORD}");
+  auto l = load(text);
+  CHECK(!l.cfg);
+  CHECK(l.diag.format().find("hunter2") == std::string::npos);
+  CHECK(errorAt(l, "channels.mem.max_bytes").message ==
+        "${KAFKA_PASSWORD} (expanded from the environment, value hidden) is not a valid size: "
+        "hidden");
+  // The one word list: the key path, a variable's name and librdkafka property names.
+  for (const char* name : {"DB_PASSWD", "sasl.oauthbearer.config", "ssl.key.location", "API_TOKEN",
+                           "AUTH_HEADER", "PRIVATE_PEM", "sasl.jaas.config"}) {
+    CHECK_MESSAGE(looksSecret(name), name);
+  }
+  CHECK_FALSE(looksSecret("channels.mem.max_bytes"));
+  CHECK(ConfigReader::referencesSecret("x-${KAFKA_PASSWORD:-y}"));
+  CHECK_FALSE(ConfigReader::referencesSecret("$${KAFKA_PASSWORD} ${SIZE}"));
+}
+
+TEST_CASE("past the cap, unknown keys are counted without a did-you-mean search") {
+  std::string text = kGood;
+  for (int i = 0; i < 5000; ++i) text += "    k" + std::to_string(i) + ": 1\n";
+  size_t before = editDistanceCount();
+  auto l = load(text);
+  CHECK(l.diag.errorCount() == 5000);
+  // The sink type has a handful of keys: a search for each of the 5000 keys would be tens of
+  // thousands of distances; only the first hundred (those shown) are searched.
+  CHECK(editDistanceCount() - before < 100 * 10);
+  // A candidate whose length differs by more than the allowed edits is not compared.
+  before = editDistanceCount();
+  CHECK(nearest("ab", {"abc", "a_much_longer_key", "another_long_one"}) == "abc");
+  CHECK(editDistanceCount() - before == 1);
+}
+
+TEST_CASE("an empty data_dir is an error at its key") {
+  auto l = load(std::string("agent:\n  data_dir: \"\"\n") + (kGood + 7));
+  CHECK(!l.cfg);
+  auto d = errorAt(l, "agent.data_dir");
+  CHECK(d.message == "must not be empty");
+  CHECK(d.where.line == 2);
+}
+
+TEST_CASE("a leading ~ in a path option is an error, not <confdir>/~") {
+  ConfigDir dir;
+  auto l = dir.load("  data_dir: ~/state\n", "    ca_file: ~sluice/ca.pem\n");
+  CHECK(!l.cfg);
+  CHECK(errorAt(l, "agent.data_dir").message == "~ is not expanded; write the full path");
+  CHECK(errorAt(l, "sinks.out.ca_file").message == "~ is not expanded; write the full path");
+}
+
+TEST_CASE("syslog cert_file, key_file and ca_file are paths") {
+  ConfigDir dir;
+  YAML::Node node = YAML::Load(
+      "{listeners: ['tls://127.0.0.1:0'], cert_file: c.pem, key_file: k.pem, ca_file: ca.pem}");
+  Diagnostics diag("s.yaml");
+  ConfigReader reader(diag, fakeEnv());
+  reader.setBaseDir(dir.path.string());
+  SyslogConfig parsed;
+  syslogOptionTable().fill(node, parsed, reader, "sources.s");
+  CHECK(parsed.cert_file == (dir.path / "c.pem").string());
+  CHECK(parsed.key_file == (dir.path / "k.pem").string());
+  CHECK(parsed.ca_file == (dir.path / "ca.pem").string());
 }
