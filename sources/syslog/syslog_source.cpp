@@ -245,6 +245,15 @@ static SSL_CTX* buildTlsContext(const SyslogConfig& config, std::string& error) 
     error = "verify_client needs ca_file";
     return nullptr;
   }
+  // Checked without opening them: OpenSSL's open of a FIFO put in a file's place would block
+  // the loop (a reload re-reads them there).
+  for (const std::string* file : {&config.cert_file, &config.key_file, &config.ca_file}) {
+    if (file->empty()) continue;
+    if (auto why = checkReadableFile(*file)) {
+      error = *why;
+      return nullptr;
+    }
+  }
   ERR_clear_error();
   SSL_CTX* tls = SSL_CTX_new(TLS_server_method());
   std::string what;

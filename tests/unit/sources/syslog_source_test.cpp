@@ -15,6 +15,7 @@
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -115,7 +116,7 @@ TEST_CASE("syslog source: listener URLs are validated") {
   c.cert_file = "/nonexistent/cert.pem";
   c.key_file = "/nonexistent/key.pem";
   CHECK(SyslogSource::create(c, e) == nullptr);
-  CHECK(e.find("cannot load cert_file '/nonexistent/cert.pem'") != std::string::npos);
+  CHECK(e.find("cannot read '/nonexistent/cert.pem'") != std::string::npos);
 }
 
 // Loads a config whose one source is a syslog source with `source_body` (indented four spaces,
@@ -146,7 +147,22 @@ TEST_CASE("syslog source: bad listeners and TLS files fail at config load (sluic
       "    listeners: [tls://127.0.0.1:0]\n    cert_file: /nonexistent/c.pem\n"
       "    key_file: /nonexistent/k.pem\n");
   CHECK_FALSE(tls.first);
-  CHECK(tls.second.find("cannot load cert_file '/nonexistent/c.pem'") != std::string::npos);
+  CHECK(tls.second.find("cannot read '/nonexistent/c.pem'") != std::string::npos);
+}
+
+TEST_CASE("syslog source: a FIFO in place of a TLS file is refused without blocking") {
+  char tmpl[] = "/tmp/sluice-fifo-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  std::string fifo = std::string(tmpl) + "/server.pem";
+  REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+  SyslogConfig c = config({"tls://127.0.0.1:0"});
+  c.cert_file = fifo;
+  c.key_file = fifo;
+  std::string error;
+  // Opening the FIFO would block this thread for ever (nothing writes to it).
+  CHECK(SyslogSource::create(c, error) == nullptr);
+  CHECK(error.find("is not a regular file") != std::string::npos);
+  std::filesystem::remove_all(tmpl);
 }
 
 TEST_CASE("syslog source: an unknown rfc3164_timezone fails at config load, at its value") {
