@@ -520,8 +520,8 @@ TEST_CASE("kafka file checks: stat and faccessat, never open; a FIFO does not bl
   KafkaConfig cfg;
   Diagnostics defaults("k.yaml");
   ConfigReader defaults_reader(defaults, fakeEnv());
-  kafkaOptionTable().fill(YAML::Load("{brokers: [a:1], topic: t, tls: true}"), cfg,
-                          defaults_reader, "sinks.k");
+  kafkaOptionTable().fill(YAML::Load("{brokers: [a:1], topic: t, tls: true}"), cfg, defaults_reader,
+                          "sinks.k");
   auto keys = [](const ConfigErrors& errors) {
     std::string out;
     for (const auto& [k, msg] : errors) out += k + ": " + msg + "\n";
